@@ -1,0 +1,79 @@
+"""Group transactions into batches and lay them out as staging rows.
+
+Pure code: no I/O.  A batch holds whole source transactions, in source order;
+each change becomes one or two staging rows (an old image ``O`` and/or a new
+image ``N``) numbered in source order, which is what the rule SQL sorts by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cdc.events import UNCHANGED, RowChange, Transaction
+from cdc.positions import Position
+
+Converter = Callable[[Any], Any]
+
+
+@dataclass(slots=True)
+class Batch:
+    transactions: list[Transaction] = field(default_factory=list)
+    rows: int = 0
+
+    def add(self, tx: Transaction) -> None:
+        self.transactions.append(tx)
+        self.rows += len(tx.changes)
+
+    @property
+    def position(self) -> Position:
+        return self.transactions[-1].position
+
+    @property
+    def commit_time(self) -> datetime | None:
+        for tx in reversed(self.transactions):
+            if tx.commit_time is not None:
+                return tx.commit_time
+        return None
+
+    def changes_by_table(self) -> dict[str, list[RowChange]]:
+        out: dict[str, list[RowChange]] = {}
+        for tx in self.transactions:
+            for ch in tx.changes:
+                out.setdefault(ch.table, []).append(ch)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.transactions)
+
+
+def stage_rows(changes: Sequence[RowChange], columns: Sequence[str],
+               converters: Sequence[Converter | None] | None = None,
+               start_seq: int = 0) -> list[tuple[Any, ...]]:
+    """Staging rows for one source table: column values, then seq, kind, partial.
+
+    Old images get even sequence numbers and new images the following odd one,
+    so within one change the new image always wins.
+    """
+    out: list[tuple[Any, ...]] = []
+    conv = list(converters) if converters else [None] * len(columns)
+    active = [(i, c) for i, c in enumerate(conv) if c is not None]
+    seq = start_seq
+
+    def image(values: dict[str, Any]) -> list[Any]:
+        row = [values.get(c) for c in columns]
+        for i, fn in active:
+            v = row[i]
+            if v is not None and v is not UNCHANGED:
+                row[i] = fn(v)
+        return row
+
+    for ch in changes:
+        seq += 2
+        if ch.before is not None:
+            out.append((*image(ch.before), seq, "O", ch.partial_before))
+        if ch.after is not None:
+            out.append((*image(ch.after), seq + 1, "N", False))
+    return out

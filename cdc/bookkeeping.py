@@ -1,0 +1,48 @@
+"""Versioned bookkeeping schema in the target (files under ``sql/bookkeeping``).
+
+Migrations are numbered SQL files applied in order; the version reached is
+stored in the target.  A target whose version is newer than this program knows
+is refused: an old binary must not write into a schema it does not understand.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cdc.errors import TerminalError
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql" / "bookkeeping"
+
+
+def migrations(kind: str) -> list[tuple[int, Path]]:
+    folder = SQL_DIR / ("postgresql" if kind == "postgresql" else "mysql")
+    out = []
+    for f in sorted(folder.glob("*.sql")):
+        m = re.match(r"(\d+)_", f.name)
+        if m:
+            out.append((int(m.group(1)), f))
+    return out
+
+
+def latest_version(kind: str) -> int:
+    ms = migrations(kind)
+    return ms[-1][0] if ms else 0
+
+
+def split_statements(text: str) -> list[str]:
+    """Split a migration file on ``;`` at line ends (our files keep it simple)."""
+    lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";\n") if s.strip().rstrip(";")]
+
+
+class SchemaTooNew(TerminalError):
+    pass
+
+
+def check_version(found: int, kind: str) -> None:
+    known = latest_version(kind)
+    if found > known:
+        raise SchemaTooNew(
+            f"the target's cdc bookkeeping schema is version {found}, newer than this cdc "
+            f"knows ({known})", fix="upgrade cdc on this host to the version that wrote it")

@@ -1,0 +1,153 @@
+"""Table shapes read from a live database (information_schema / pg_catalog).
+
+Rule checking, staging-table creation and snapshots all need to know a table's
+columns, their declared types and its primary key; this module reads them and
+nothing else.  Functions take an open DB-API connection and do plain queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    # Declared type as the server prints it, lower case: MySQL's COLUMN_TYPE
+    # ("int(10) unsigned", "decimal(12,2)", "enum('a','b')"), PostgreSQL's
+    # format_type() ("numeric(12,2)", "timestamp with time zone", "text[]").
+    type: str
+    nullable: bool
+    # MySQL DATA_TYPE ("int", "decimal") / PostgreSQL typname ("int4", "_text").
+    base_type: str = ""
+    type_oid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    # PostgreSQL only: 'd' default, 'f' full, 'i' index, 'n' nothing.
+    replica_identity: str = "d"
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column | None:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        lowered = name.lower()
+        for c in self.columns:
+            if c.name.lower() == lowered:
+                return c
+        return None
+
+
+def split_name(name: str, default_schema: str) -> tuple[str, str]:
+    if "." in name:
+        schema, _, table = name.partition(".")
+        return schema, table
+    return default_schema, name
+
+
+def mysql_table(conn: Any, database: str, name: str) -> TableSchema | None:
+    schema, table = split_name(name, database)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, DATA_TYPE"
+            " FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+            (schema, table),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            return None
+        cols = tuple(
+            Column(_s(r[0]), _s(r[1]).lower(), _s(r[2]) == "YES", _s(r[3]).lower())
+            for r in rows
+        )
+        cur.execute(
+            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE"
+            " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND CONSTRAINT_NAME = 'PRIMARY'"
+            " ORDER BY ORDINAL_POSITION",
+            (schema, table),
+        )
+        pk = tuple(_s(r[0]) for r in cur.fetchall())
+    return TableSchema(schema, table, cols, pk)
+
+
+def mysql_unique_keys(conn: Any, database: str, name: str) -> list[tuple[str, ...]]:
+    schema, table = split_name(name, database)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS"
+            " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND NON_UNIQUE = 0"
+            " ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+            (schema, table),
+        )
+        keys: dict[str, list[str]] = {}
+        for idx, col in cur.fetchall():
+            keys.setdefault(_s(idx), []).append(_s(col))
+    return [tuple(v) for v in keys.values()]
+
+
+def pg_table(conn: Any, name: str, default_schema: str = "public") -> TableSchema | None:
+    schema, table = split_name(name, default_schema)
+    cur = conn.execute(
+        "SELECT c.oid, c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        (schema, table),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    oid, ident = row
+    cols = tuple(
+        Column(r[0], r[1], not r[2], r[3], r[4])
+        for r in conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, t.typname,"
+            " a.atttypid::int"
+            " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (oid,),
+        ).fetchall()
+    )
+    pk = tuple(
+        r[0]
+        for r in conn.execute(
+            "SELECT a.attname FROM pg_index i"
+            " JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
+            (oid,),
+        ).fetchall()
+    )
+    return TableSchema(schema, table, cols, pk, _s(ident))
+
+
+def pg_unique_keys(conn: Any, name: str, default_schema: str = "public") -> list[tuple[str, ...]]:
+    schema, table = split_name(name, default_schema)
+    rows = conn.execute(
+        "SELECT i.indexrelid, a.attname FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL"
+        " ORDER BY i.indexrelid, k.ord",
+        (schema, table),
+    ).fetchall()
+    keys: dict[int, list[str]] = {}
+    for idx, col in rows:
+        keys.setdefault(idx, []).append(col)
+    return [tuple(v) for v in keys.values()]
+
+
+def _s(v: Any) -> str:
+    if isinstance(v, bytes | bytearray):
+        return v.decode()
+    return str(v)

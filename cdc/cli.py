@@ -1,0 +1,317 @@
+"""Command line: the only place that prints and chooses exit codes.
+
+Exit codes: 0 ok, 1 a check failed / behind, 2 usage or configuration error,
+3 a terminal runtime error, 4 interrupted while retrying a transient one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+
+from cdc import __version__
+from cdc.config import Config, ConfigError, load
+from cdc.errors import CdcError, RuleError, TransientError
+
+log = logging.getLogger("cdc")
+
+CONFIG_HELP = "Pipeline YAML file (or set CDC_CONFIG)."
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 0 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    # One event a line; journald adds its own timestamp, but a terminal wants one.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if sys.stderr.isatty():
+        fmt = "%(asctime)s " + fmt
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("pymysqlreplication", "psycopg", "sqlglot"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+
+def _fail(e: BaseException, code: int = 3) -> NoReturn:
+    if isinstance(e, ConfigError | RuleError):
+        code = 2
+    click.echo(f"cdc: error: {e}", err=True)
+    sys.exit(code)
+
+
+def _config(path: str) -> Config:
+    try:
+        return load(path)
+    except CdcError as e:
+        _fail(e, 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cdc")
+@click.option("-v", "--verbose", count=True, help="More log detail (-vv for driver logs).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """Change-data-capture between MySQL/MariaDB and PostgreSQL through SQL rules.
+
+    A pipeline is one YAML file naming a source, a target and a directory of
+    rules (one INSERT … SELECT per .sql file). Typical first use:
+
+    \b
+      cdc check -c pipeline.yaml --show-sql   # validate rules against live schemas
+      cdc setup -c pipeline.yaml              # bookkeeping tables (and slot for PostgreSQL)
+      cdc snapshot -c pipeline.yaml           # copy existing rows, then
+      cdc run -c pipeline.yaml                # stream changes (foreground; systemd-friendly)
+      cdc lag -c pipeline.yaml                # how far behind
+    """
+    _setup_logging(verbose)
+
+
+config_option = click.option("-c", "--config", "config_path", envvar="CDC_CONFIG",
+                             required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
+
+
+def _open(cfg: Config) -> tuple[Any, Any]:
+    from cdc.plan import parse_rules
+    from cdc.sources import open_source
+    from cdc.targets import open_target
+
+    rules = parse_rules(cfg)
+    tables = sorted({r.source.name for r in rules})
+    return open_source(cfg, tables), open_target(cfg)
+
+
+@cli.command()
+@config_option
+def setup(config_path: str) -> None:
+    """Create bookkeeping tables in the target (and the slot and publication for a
+    PostgreSQL source), and record where streaming starts. Safe to run again."""
+    cfg = _config(config_path)
+    try:
+        from cdc.plan import build_plan, parse_rules
+
+        source, target = _open(cfg)
+        try:
+            version = target.migrate()
+            click.echo(f"bookkeeping schema at version {version} in {cfg.target.redacted()}")
+            rules = parse_rules(cfg)
+            if cfg.source.kind == "postgresql":
+                source.setup()
+                click.echo(f"slot {cfg.slot!r} and publication {cfg.publication!r} ready "
+                           f"for {', '.join(sorted({r.source.name for r in rules}))}")
+            else:
+                source.check_binlog()
+            build_plan(cfg, source, target, rules)
+            offset = target.load_offset()
+            if offset is None and cfg.source.kind == "mysql":
+                pos = source.current_position()
+                target.save_offset(pos, only_if_missing=True)
+                click.echo(f"streaming will start at {pos} (changes from now on); run "
+                           "`cdc snapshot` to copy the rows that exist already")
+            elif offset is not None:
+                click.echo(f"pipeline {cfg.pipeline} resumes at {offset[0]}")
+        finally:
+            source.close()
+            target.close()
+    except CdcError as e:
+        _fail(e)
+
+
+@cli.command()
+@config_option
+@click.option("--show-sql", is_flag=True, help="Print the SQL each rule runs on the target.")
+def check(config_path: str, show_sql: bool) -> None:
+    """Validate the config and every rule against the live schemas, and compile
+    each rule on the target inside a rolled-back transaction."""
+    cfg = _config(config_path)
+    from cdc.plan import build_plan, parse_rules
+
+    try:
+        rules = parse_rules(cfg)
+    except CdcError as e:
+        _fail(e, 2)
+    try:
+        source, target = _open(cfg)
+    except CdcError as e:
+        _fail(e)
+    problems = 0
+    try:
+        plans = []
+        for r in rules:
+            try:
+                plans.append(build_plan(cfg, source, target, [r]))
+            except CdcError as e:
+                problems += 1
+                click.echo(f"{e}", err=True)
+        for plan in plans:
+            for c in plan.rules:
+                try:
+                    target.check_rules(list(plan.stages.values()), [c])
+                except CdcError as e:
+                    problems += 1
+                    click.echo(f"{e}", err=True)
+                    continue
+                if cfg.source.kind == "postgresql":
+                    st = c.bound.source
+                    extra = [col for col in c.bound.key_source_columns
+                             if col not in st.primary_key]
+                    if st.replica_identity != "f" and extra:
+                        problems += 1
+                        click.echo(
+                            f"{c.bound.rule.file}:{c.bound.rule.line}: the target key is computed "
+                            f"from {', '.join(sorted(extra))}, which deletes and key changes do "
+                            f"not carry under REPLICA IDENTITY DEFAULT (fix: ALTER TABLE "
+                            f"{st.schema}.{st.name} REPLICA IDENTITY FULL;)", err=True)
+                        continue
+                click.echo(f"ok  {c.name}: {c.bound.rule.source.name} -> "
+                           f"{c.bound.rule.target.name} (key: {', '.join(c.bound.key)})")
+                if show_sql:
+                    click.echo(f"-- staging table for {c.stage.source_name}\n{c.stage.create};")
+                    click.echo(f"-- rule {c.name}: keep the last image per target key\n{c.fill};")
+                    if c.delete:
+                        click.echo(f"-- rule {c.name}: rows whose last image is a deletion\n"
+                                   f"{c.delete};")
+                    click.echo(f"-- rule {c.name}: upsert\n{c.upsert};\n")
+    finally:
+        source.close()
+        target.close()
+    if problems:
+        click.echo(f"{problems} problem(s) found", err=True)
+        sys.exit(2)
+
+
+@cli.command()
+@config_option
+def run(config_path: str) -> None:
+    """Stream changes, transform them by the rules and apply them (foreground).
+
+    SIGTERM or SIGINT finishes the current batch, commits it and exits 0.
+    Transient failures (lost connections, restarts, deadlocks) are retried with
+    backoff; terminal ones (bad password, purged binlog, broken rule) exit 3.
+    """
+    from cdc.pipeline import Hooks
+    from cdc.pipeline import run as run_pipeline
+
+    cfg = _config(config_path)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        run_pipeline(cfg, stop, Hooks())
+    except TransientError as e:
+        _fail(e, 4)
+    except CdcError as e:
+        _fail(e)
+
+
+def lag_report(cfg: Config) -> dict[str, Any]:
+    """The facts `cdc lag` prints, as a dict (also used by tests and metrics)."""
+    from cdc.positions import decode_position
+    from cdc.targets import open_target
+
+    target = open_target(cfg)
+    try:
+        st = target.read_status()
+    finally:
+        target.close()
+    source_pos = None
+    source_error = None
+    try:
+        from cdc.plan import parse_rules
+        from cdc.sources import open_source
+
+        src = open_source(cfg, sorted({r.source.name for r in parse_rules(cfg)}))
+        try:
+            source_pos = src.current_position()
+        finally:
+            src.close()
+    except CdcError as e:
+        source_error = str(e)
+    applied = decode_position(st["position"]) if st.get("position") else None
+    now = st.get("now") or datetime.now(UTC)
+    commit_time = st.get("source_commit_time")
+    caught_up = applied is not None and source_pos is not None and \
+        applied.sort_key() >= source_pos.sort_key()
+    if applied is None:
+        seconds = None
+    elif caught_up:
+        seconds = 0.0
+    elif commit_time is not None:
+        seconds = max(0.0, (now - commit_time).total_seconds())
+    else:
+        seconds = None
+    state = st.get("state") or ("never started" if applied is None else "stopped")
+    updated = st.get("updated_at")
+    if state == "streaming" and updated is not None and (now - updated).total_seconds() > 60:
+        state = "stopped"  # the daemon stopped writing status without saying so
+    report = {
+        "pipeline": cfg.pipeline,
+        "state": state,
+        "seconds_behind": None if seconds is None else round(seconds, 3),
+        "caught_up": caught_up,
+        "source_position": str(source_pos) if source_pos is not None else None,
+        "applied_position": str(applied) if applied is not None else None,
+        "last_applied_commit_time": commit_time.isoformat() if commit_time else None,
+        "applied_at": st["applied_at"].isoformat() if st.get("applied_at") else None,
+        "transactions_applied": st.get("transactions") or 0,
+        "rows_applied": st.get("rows_applied") or 0,
+        "rows_per_second": st.get("rows_per_second"),
+        "dead_letters": int(st.get("dead_letters") or 0),
+        "message": st.get("message"),
+    }
+    if source_error:
+        report["source_error"] = source_error
+    return report
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--max-seconds", type=float, default=None,
+              help="Exit 1 when more than this many seconds behind (for Nagios/Zabbix).")
+def lag(config_path: str, as_json: bool, watch: bool, interval: float,
+        max_seconds: float | None) -> None:
+    """How far the target is behind the source."""
+    cfg = _config(config_path)
+    limit = max_seconds if max_seconds is not None else cfg.lag_max_seconds
+    while True:
+        try:
+            r = lag_report(cfg)
+        except CdcError as e:
+            _fail(e)
+        if as_json:
+            click.echo(json.dumps(r, default=str))
+        else:
+            sb = r["seconds_behind"]
+            click.echo(f"{r['pipeline']}: {r['state']}, "
+                       f"{'unknown' if sb is None else f'{sb:.1f}s'} behind, "
+                       f"applied {r['applied_position']} of {r['source_position']}, "
+                       f"{r['rows_applied']} rows applied, {r['dead_letters']} dead letters")
+        if not watch:
+            break
+        time.sleep(interval)
+    if limit is not None and (r["seconds_behind"] is None or r["seconds_behind"] > limit):
+        sys.exit(1)
+
+
+def main() -> None:
+    cli(prog_name="cdc")
+
+
+if __name__ == "__main__":
+    main()

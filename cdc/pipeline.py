@@ -1,0 +1,246 @@
+"""The daemon's loop: read transactions in one thread, batch and apply in another.
+
+Decoding (CPU in Python) and applying (mostly waiting on the target) overlap;
+a bounded queue between them keeps memory flat when the target is slower.
+Offsets are committed with the data, so a crash at any instant replays from
+the last commit and the rules' upserts make the replay harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cdc.batch import Batch
+from cdc.config import Config
+from cdc.errors import CdcError, TerminalError, TransientError
+from cdc.events import Transaction
+from cdc.plan import Plan, build_plan
+from cdc.sources import open_source
+from cdc.targets import open_target
+from cdc.targets.postgres import converters as pg_converters
+
+log = logging.getLogger("cdc.pipeline")
+
+_END = object()
+
+
+@dataclass
+class Hooks:
+    """Callbacks for the service layer (systemd notify, metrics); all optional."""
+
+    ready: Callable[[], None] | None = None
+    status: Callable[[str], None] | None = None
+    batch: Callable[[Batch, float, int], None] | None = None
+    watchdog: Callable[[], None] | None = None
+    error: Callable[[CdcError], None] | None = None
+
+
+def run(config: Config, stop: threading.Event, hooks: Hooks | None = None) -> None:
+    """Run until ``stop`` is set; retry transient failures with backoff and jitter.
+
+    One log line per incident (and a reminder every tenth attempt), not one per
+    attempt: a DBA reading the journal should see what happened, not noise.
+    """
+    hooks = hooks or Hooks()
+    state = {"delay": config.retry_initial_seconds, "since": 0.0, "attempts": 0}
+
+    def recovered() -> None:
+        if state["attempts"]:
+            log.warning("recovered after %d attempts (%.0fs)", state["attempts"],
+                        time.monotonic() - state["since"])
+        state.update(delay=config.retry_initial_seconds, since=0.0, attempts=0)
+
+    while not stop.is_set():
+        try:
+            Runner(config, stop, hooks, on_streaming=recovered).run()
+            return
+        except TransientError as e:
+            if hooks.error:
+                hooks.error(e)
+            state["attempts"] += 1
+            if state["attempts"] == 1:
+                state["since"] = time.monotonic()
+                log.warning("transient failure, retrying with backoff: %s", e)
+            elif state["attempts"] % 10 == 0:
+                log.warning("still failing after %d attempts (%.0fs): %s", state["attempts"],
+                            time.monotonic() - state["since"], e)
+            if hooks.status:
+                hooks.status(f"retrying: {e}")
+            stop.wait(state["delay"] * (0.5 + random.random()))
+            state["delay"] = min(state["delay"] * 2, config.retry_max_seconds)
+
+
+def _noop() -> None:
+    pass
+
+
+class Runner:
+    """One connected run: from connecting to a clean stop or an error."""
+
+    def __init__(self, config: Config, stop: threading.Event, hooks: Hooks,
+                 on_streaming: Callable[[], None] = _noop) -> None:
+        self.config = config
+        self.stop = stop
+        self.hooks = hooks
+        self.on_streaming = on_streaming
+        self.reader_stop = threading.Event()
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_transactions)
+
+    def run(self) -> None:
+        cfg = self.config
+        target = open_target(cfg)
+        source = None
+        try:
+            target.require_schema()
+            from cdc.plan import parse_rules
+
+            rules = parse_rules(cfg)
+            tables = sorted({r.source.name for r in rules})
+            source = open_source(cfg, tables)
+            plan = build_plan(cfg, source, target, rules)
+            if cfg.target.kind == "postgresql":
+                plan.converters = {n: pg_converters(st) for n, st in plan.stages.items()}
+            else:
+                from cdc.targets.mysql import (  # type: ignore[import-not-found,unused-ignore]
+                    converters as my_converters,
+                )
+
+                plan.converters = {n: my_converters(st) for n, st in plan.stages.items()}
+            offset = target.load_offset()
+            if offset is None:
+                start = source.current_position() if cfg.source.kind == "mysql" else None
+                log.warning("no saved position for pipeline %s: starting at the source's "
+                            "current position %s (run `cdc snapshot` to copy existing rows)",
+                            cfg.pipeline, start if start is not None else "of the slot")
+                if start is not None:
+                    target.save_offset(start, only_if_missing=True)
+            else:
+                start = offset[0]
+            if hasattr(source, "preflight"):
+                source.preflight(start)
+            self._loop(source, target, plan, start)
+        finally:
+            self.reader_stop.set()
+            if source is not None:
+                source.close()
+            target.close()
+
+    # ------------------------------------------------------------------------
+    def _reader(self, source: Any, start: Any) -> None:
+        try:
+            for tx in source.stream(start, self.reader_stop):
+                while True:
+                    try:
+                        self.queue.put(tx, timeout=0.2)
+                        break
+                    except queue.Full:
+                        if self.reader_stop.is_set():
+                            return
+                if self.reader_stop.is_set():
+                    return
+        except BaseException as e:  # handed to the applier thread, which decides
+            self._put_final(e)
+            return
+        self._put_final(_END)
+
+    def _put_final(self, item: Any) -> None:
+        while not self.reader_stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _loop(self, source: Any, target: Any, plan: Plan, start: Any) -> None:
+        cfg = self.config
+        thread = threading.Thread(target=self._reader, args=(source, start),
+                                  name="cdc-reader", daemon=True)
+        thread.start()
+        log.info("streaming pipeline %s from %s (%d rules over %s)", cfg.pipeline,
+                 start if start is not None else "the slot's position", len(plan.rules),
+                 ", ".join(plan.source_tables))
+        target.write_status("streaming", message=None)
+        if self.hooks.ready:
+            self.hooks.ready()
+        self.on_streaming()
+        last_status = 0.0
+        rows_window: list[tuple[float, int]] = []
+        pending_error: BaseException | None = None
+        try:
+            while not self.stop.is_set():
+                batch, pending_error, ended = self._collect()
+                if batch.transactions:
+                    t0 = time.perf_counter()
+                    staged = target.apply(batch, plan.stages, plan.by_table, plan.converters)
+                    elapsed = time.perf_counter() - t0
+                    source.ack(batch.position)
+                    rows_window.append((time.monotonic(), batch.rows))
+                    if self.hooks.batch:
+                        self.hooks.batch(batch, elapsed, staged)
+                    if batch.rows:
+                        log.debug("applied %d transactions, %d changes in %.3fs up to %s",
+                                  len(batch), batch.rows, elapsed, batch.position)
+                if pending_error is not None:
+                    raise pending_error
+                if ended:
+                    log.info("the source stream ended")
+                    break
+                now = time.monotonic()
+                if self.hooks.watchdog:
+                    self.hooks.watchdog()
+                if now - last_status >= 5.0:
+                    last_status = now
+                    rows_window = [(t, n) for t, n in rows_window if now - t <= 60]
+                    rate = sum(n for _, n in rows_window) / 60.0
+                    try:
+                        pos = source.current_position()
+                    except CdcError:
+                        pos = None
+                    target.write_status("streaming", source_position=pos, rows_per_second=rate)
+                    if self.hooks.status:
+                        self.hooks.status(f"streaming at {batch.position if batch.transactions else start}, "
+                                          f"{rate:.0f} rows/s")
+        finally:
+            self.reader_stop.set()
+            thread.join(timeout=10)
+        if self.stop.is_set():
+            try:
+                target.write_status("stopped")
+            except CdcError:
+                pass
+            log.info("stopped cleanly")
+
+    def _collect(self) -> tuple[Batch, BaseException | None, bool]:
+        """Take whole transactions off the queue: as many as are ready, up to
+        ``batch.max_rows``.  When the queue is empty the batch goes at once, so
+        latency stays low when idle and batches grow by themselves under load."""
+        batch = Batch()
+        cfg = self.config
+        deadline = time.monotonic() + cfg.batch_max_seconds
+        try:
+            item = self.queue.get(timeout=0.5)
+        except queue.Empty:
+            return batch, None, False
+        while True:
+            if item is _END:
+                return batch, None, True
+            if isinstance(item, BaseException):
+                return batch, item, False
+            tx: Transaction = item
+            batch.add(tx)
+            if batch.rows >= cfg.batch_max_rows or time.monotonic() >= deadline:
+                return batch, None, False
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return batch, None, False
+
+
+__all__ = ["Hooks", "Runner", "TerminalError", "run"]

@@ -1,0 +1,94 @@
+"""Load, bind and compile a pipeline's rules against the live schemas.
+
+The result, a ``Plan``, is everything the applier needs: one staging table per
+source table and the compiled rules that read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cdc.batch import Converter
+from cdc.catalog import TableSchema
+from cdc.config import Config
+from cdc.errors import RuleError, TerminalError
+from cdc.rules.bind import BoundRule, bind
+from cdc.rules.compile import CompiledRule, StageTable, compile_rule, stage_table
+from cdc.rules.parse import Rule, load_rules
+from cdc.typemap import UnsupportedType
+
+
+class Catalog(Protocol):
+    def table(self, name: str) -> TableSchema | None: ...
+
+
+@dataclass(slots=True)
+class Plan:
+    rules: list[CompiledRule]
+    stages: dict[str, StageTable]  # by source table name
+    by_table: dict[str, list[CompiledRule]]
+    converters: dict[str, list[Converter | None]] = field(default_factory=dict)
+
+    @property
+    def source_tables(self) -> list[str]:
+        return list(self.stages)
+
+
+def parse_rules(config: Config) -> list[Rule]:
+    overrides = {name: o.dialect for name, o in config.rule_options.items() if o.dialect}
+    rules = load_rules(config.rules_dir, config.source.kind, overrides)
+    known = {r.name for r in rules}
+    for name in config.rule_options:
+        if name not in known:
+            import difflib
+
+            near = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise TerminalError(f"{config.path}: rule_options names rule {name!r}, but "
+                                f"{config.rules_dir} has no {name}.sql{hint}")
+    return [r for r in rules if config.options_for(r.name).enabled]
+
+
+def build_plan(config: Config, source: Catalog, target: Any,
+               rules: list[Rule] | None = None) -> Plan:
+    rules = parse_rules(config) if rules is None else rules
+    if not rules:
+        raise TerminalError(f"{config.rules_dir}: every rule is disabled")
+    source_cache: dict[str, TableSchema | None] = {}
+    target_cache: dict[str, TableSchema | None] = {}
+
+    def src(name: str) -> TableSchema | None:
+        if name not in source_cache:
+            source_cache[name] = source.table(name)
+        return source_cache[name]
+
+    def tgt(name: str) -> TableSchema | None:
+        if name not in target_cache:
+            target_cache[name] = target.table(name)
+        return target_cache[name]
+
+    bound: list[BoundRule] = []
+    for r in rules:
+        lookups = {ref.name: tgt(ref.name) for ref in r.lookups}
+        opts = config.options_for(r.name)
+        uniques = target.unique_keys(r.target.name) if opts.key else None
+        bound.append(bind(r, src(r.source.name), tgt(r.target.name), lookups, opts,
+                          lambda n: src(n) is not None, uniques))
+
+    stages: dict[str, StageTable] = {}
+    by_table: dict[str, list[CompiledRule]] = {}
+    compiled: list[CompiledRule] = []
+    for i, b in enumerate(bound):
+        name = b.rule.source.name
+        if name not in stages:
+            try:
+                stages[name] = stage_table(b.source, name, len(stages), config.source.kind,
+                                           config.target.kind)
+            except UnsupportedType as e:
+                raise RuleError(f"source table {name!r}: {e.message}", file=b.rule.file,
+                                line=b.rule.source.line, fix=e.fix) from None
+        c = compile_rule(b, stages[name], i, config.target.kind)
+        compiled.append(c)
+        by_table.setdefault(name, []).append(c)
+    return Plan(rules=compiled, stages=stages, by_table=by_table)

@@ -1,0 +1,251 @@
+"""Turn bound rules into the SQL that applies a batch on the target.
+
+For each source table there is one temporary *staging* table shaped like it,
+plus three bookkeeping columns: ``_cdc_seq`` (source order), ``_cdc_kind``
+(``O`` = an old image, ``N`` = a new image) and ``_cdc_partial`` (the old image
+holds only key columns).  For each rule:
+
+1. ``fill``: run the rule's SELECT over the staging table, keep the last row per
+   target key (``ROW_NUMBER() … ORDER BY _cdc_seq DESC``) in a result table.
+   An old image that matched the rule means "the target row it made must go";
+   a new image that matches means "this is the row now".  Whichever comes last
+   in source order wins, which gives key changes, filter exits, fan-in and
+   collapse of many changes to one row their meaning in one statement.
+2. ``delete``: remove (or soft-delete) target rows whose last word was an old image.
+3. ``upsert``: insert-or-update target rows whose last word was a new image.
+
+All identifiers pass through sqlglot's quoting; nothing is pasted raw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from cdc.catalog import TableSchema
+from cdc.rules.bind import BoundRule
+from cdc.rules.rewrite import rewrites_for
+from cdc.typemap import staging_type
+
+SEQ, KIND, PARTIAL, RN = "_cdc_seq", "_cdc_kind", "_cdc_partial", "_cdc_rn"
+
+
+def ident(name: str, dialect: str) -> str:
+    return exp.to_identifier(name, quoted=True).sql(dialect=dialect)
+
+
+def table_sql(name: str, dialect: str) -> str:
+    """A possibly schema-qualified table name as written in a rule or config."""
+    return ".".join(ident(p, dialect) for p in name.split(".", 1))
+
+
+def target_dialect(kind: str) -> str:
+    return "postgres" if kind == "postgresql" else "mysql"
+
+
+@dataclass(slots=True)
+class StageTable:
+    source: TableSchema
+    source_name: str  # as the rules and events name it
+    name: str  # unquoted temp table name
+    columns: list[str]  # source column names, in order
+    types: list[str]
+    create: str
+    truncate: str
+    dialect: str
+
+    @property
+    def quoted(self) -> str:
+        return ident(self.name, self.dialect)
+
+
+@dataclass(slots=True)
+class CompiledRule:
+    bound: BoundRule
+    stage: StageTable
+    result_name: str
+    create_result: str
+    clear_result: str
+    fill: str
+    delete: str | None
+    upsert: str
+
+    @property
+    def name(self) -> str:
+        return self.bound.name
+
+    def statements(self) -> list[str]:
+        return [s for s in (self.fill, self.delete, self.upsert) if s]
+
+
+def stage_table(source: TableSchema, source_name: str, index: int, source_kind: str,
+                target_kind: str) -> StageTable:
+    d = target_dialect(target_kind)
+    name = f"_cdc_stage_{index}"
+    cols = [c.name for c in source.columns]
+    types = [staging_type(c, source_kind, target_kind) for c in source.columns]
+    defs = [f"{ident(c, d)} {t}" for c, t in zip(cols, types, strict=True)]
+    if d == "postgres":
+        defs += [f"{SEQ} bigint NOT NULL", f"{KIND} char(1) NOT NULL",
+                 f"{PARTIAL} boolean NOT NULL DEFAULT false"]
+        create = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {ident(name, d)} ({', '.join(defs)})"
+                  " ON COMMIT DELETE ROWS")
+        truncate = ""  # ON COMMIT DELETE ROWS empties it
+    else:
+        defs += [f"{SEQ} bigint NOT NULL", f"{KIND} char(1) NOT NULL",
+                 f"{PARTIAL} tinyint(1) NOT NULL DEFAULT 0"]
+        create = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {ident(name, d)} ({', '.join(defs)})"
+                  " CHARACTER SET utf8mb4")
+        truncate = f"DELETE FROM {ident(name, d)}"
+    return StageTable(source, source_name, name, cols, types, create, truncate, d)
+
+
+def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: str) -> CompiledRule:
+    d = target_dialect(target_kind)
+    rule = bound.rule
+    alias = rule.source.alias
+    sel = rule.select.copy()
+    # Point FROM at the staging table, keeping the alias the rule's columns use.
+    from_ = sel.args.get("from") or sel.args.get("from_")
+    assert from_ is not None
+    from_.set("this", exp.Table(this=exp.to_identifier(stage.name, quoted=True),
+                                alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))))
+    _resolve_identifiers(sel, bound)
+
+    def staged(col: str) -> exp.Column:
+        return exp.column(col, table=alias, quoted=True)
+
+    projections: list[exp.Expression] = []
+    for col, e in zip(bound.columns, sel.expressions, strict=True):
+        e = e.unalias() if isinstance(e, exp.Alias) else e
+        projections.append(exp.alias_(e.copy(), exp.to_identifier(col, quoted=True)))
+    projections += [staged(SEQ).as_(SEQ), staged(KIND).as_(KIND)]
+    sel.set("expressions", projections)
+    # An old image that holds only key columns cannot be tested against WHERE;
+    # the target row it names goes regardless (deletes must not be lost).
+    where = sel.args.get("where")
+    if where is not None:
+        partial_old = exp.and_(exp.EQ(this=staged(KIND), expression=exp.Literal.string("O")),
+                               staged(PARTIAL) if d == "postgres"
+                               else exp.EQ(this=staged(PARTIAL), expression=exp.Literal.number(1)))
+        sel.set("where", exp.Where(this=exp.or_(exp.paren(partial_old), exp.paren(where.this))))
+    tree: exp.Expression = sel
+    for rw in rewrites_for(rule.dialect, d):
+        tree = rw(tree)
+    select_sql = tree.sql(dialect=d)
+
+    res = f"_cdc_res_{index}"
+    q = lambda n: ident(n, d)  # noqa: E731
+    target = table_sql(rule.target.name, d)
+    out_cols = [q(c) for c in bound.columns]
+    key_cols = [q(k) for k in bound.key]
+    all_cols = ", ".join(out_cols + [q(SEQ), q(KIND)])
+    ranked = (f"SELECT {all_cols} FROM (SELECT s.*, ROW_NUMBER() OVER (PARTITION BY "
+              f"{', '.join('s.' + k for k in key_cols)} ORDER BY s.{q(SEQ)} DESC) AS {q(RN)} "
+              f"FROM ({select_sql}) AS s) AS r WHERE r.{q(RN)} = 1")
+    fill = f"INSERT INTO {q(res)} ({all_cols}) {ranked}"
+    if d == "postgres":
+        create_result = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {q(res)} ON COMMIT DELETE ROWS AS "
+                         f"SELECT {all_cols} FROM ({select_sql}) AS s WITH NO DATA")
+        clear_result = ""
+    else:
+        create_result = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {q(res)} AS "
+                         f"SELECT {all_cols} FROM ({select_sql}) AS s LIMIT 0")
+        clear_result = f"DELETE FROM {q(res)}"
+
+    match = " AND ".join(f"t.{k} = r.{k}" for k in key_cols)
+    opts = bound.options
+    soft = opts.soft_delete_column
+    delete: str | None
+    if opts.on_delete == "ignore":
+        delete = None
+    elif opts.on_delete == "soft" and soft:
+        soft_col = bound.target.column(soft)
+        is_bool = soft_col is not None and soft_col.base_type in ("bool", "tinyint")
+        value = "TRUE" if is_bool else "CURRENT_TIMESTAMP"
+        if d == "postgres":
+            delete = (f"UPDATE {target} AS t SET {q(soft)} = {value} FROM {q(res)} AS r "
+                      f"WHERE r.{q(KIND)} = 'O' AND {match}")
+        else:
+            delete = (f"UPDATE {target} AS t JOIN {q(res)} AS r ON {match} "
+                      f"SET t.{q(soft)} = {value} WHERE r.{q(KIND)} = 'O'")
+    elif d == "postgres":
+        delete = (f"DELETE FROM {target} AS t USING {q(res)} AS r "
+                  f"WHERE r.{q(KIND)} = 'O' AND {match}")
+    else:
+        delete = (f"DELETE t FROM {target} AS t JOIN {q(res)} AS r ON {match} "
+                  f"WHERE r.{q(KIND)} = 'O'")
+
+    insert_cols = list(out_cols)
+    insert_vals = [f"r.{c}" for c in out_cols]
+    updates = [c for c in out_cols if c not in key_cols]
+    if soft and opts.on_delete == "soft" and soft not in bound.columns:
+        # A row that comes back is no longer deleted.
+        soft_col = bound.target.column(soft)
+        is_bool = soft_col is not None and soft_col.base_type in ("bool", "tinyint")
+        insert_cols.append(q(soft))
+        insert_vals.append("FALSE" if is_bool else "NULL")
+        updates.append(q(soft))
+    head = (f"INSERT INTO {target} ({', '.join(insert_cols)}) SELECT {', '.join(insert_vals)} "
+            f"FROM {q(res)} AS r WHERE r.{q(KIND)} = 'N'")
+    if d == "postgres":
+        if updates:
+            sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
+            upsert = f"{head} ON CONFLICT ({', '.join(key_cols)}) DO UPDATE SET {sets}"
+        else:
+            upsert = f"{head} ON CONFLICT ({', '.join(key_cols)}) DO NOTHING"
+    else:
+        # VALUES() works on MariaDB and MySQL 8 (deprecated there in favour of a
+        # row alias that MariaDB does not parse).
+        sets = ", ".join(f"{c} = VALUES({c})" for c in (updates or key_cols[:1]))
+        upsert = f"{head} ON DUPLICATE KEY UPDATE {sets}"
+    return CompiledRule(bound=bound, stage=stage, result_name=res, create_result=create_result,
+                        clear_result=clear_result, fill=fill, delete=delete, upsert=upsert)
+
+
+def _resolve_identifiers(sel: exp.Select, bound: BoundRule) -> None:
+    """Spell every column and table exactly as the catalogs do, quoted.
+
+    A rule written for MySQL says ``c.FirstName``; PostgreSQL would fold the
+    unquoted name to ``firstname`` and miss the staging column.  Binding already
+    proved each reference resolves, so rewriting to the catalog's spelling
+    changes no meaning.
+    """
+    rule = bound.rule
+    src_alias = rule.source.alias
+    scopes: list[tuple[str, TableSchema]] = [(src_alias, bound.source)]
+    for ref in rule.lookups:
+        scopes.append((ref.alias, bound.lookups[ref.alias.lower()]))
+    for join in sel.args.get("joins") or []:
+        t = join.this
+        if isinstance(t, exp.Table):
+            shape = bound.lookups.get(t.alias_or_name.lower())
+            if shape is not None:
+                parts = [exp.to_identifier(shape.name, quoted=True)]
+                db = t.args.get("db")
+                new = exp.Table(this=parts[0],
+                                db=exp.to_identifier(db.name, quoted=True) if db else None,
+                                alias=exp.TableAlias(
+                                    this=exp.to_identifier(t.alias_or_name, quoted=True)))
+                join.set("this", new)
+    for col in list(sel.find_all(exp.Column)):
+        if isinstance(col.this, exp.Star):
+            continue
+        parent = col.parent
+        nested = False
+        while parent is not None and parent is not sel:
+            if isinstance(parent, exp.Select):
+                nested = True
+                break
+            parent = parent.parent
+        if nested:
+            continue
+        qual = col.table.lower()
+        for alias, shape in scopes:
+            if qual and qual != alias.lower():
+                continue
+            c = shape.column(col.name)
+            if c is not None:
+                col.replace(exp.column(c.name, table=alias, quoted=True))
+                break
