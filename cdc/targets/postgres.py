@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -305,8 +305,14 @@ class PostgresTarget:
 
     def apply(self, batch: Batch, stages: dict[str, StageTable],
               rules: dict[str, list[CompiledRule]],
-              convs: dict[str, list[Converter | None]]) -> int:
-        """Apply one batch and its offset in one transaction; returns staged rows."""
+              convs: dict[str, list[Converter | None]],
+              record: Callable[[Any], None] | None = None) -> int:
+        """Apply one batch and its offset in one transaction; returns staged rows.
+
+        ``record``, when given, is called with the open connection inside the
+        transaction *instead of* writing the streaming offset: the snapshot uses
+        it to commit its chunk progress atomically with the chunk's rows.
+        """
         conn = self.conn()
         staged = 0
         try:
@@ -338,8 +344,11 @@ class PostgresTarget:
                                     if isinstance(e, psycopg.OperationalError | _TRANSIENT):
                                         raise
                                     raise _rule_error(r, e) from None
-                self._write_offset(conn, batch.position, batch.commit_time, len(batch),
-                                   batch.rows)
+                if record is not None:
+                    record(conn)
+                else:
+                    self._write_offset(conn, batch.position, batch.commit_time, len(batch),
+                                       batch.rows)
         except psycopg.Error as e:
             self._after_error()
             raise classify(e, self.url) from None

@@ -1,0 +1,43 @@
+"""Positions and batch layout: pure values, no servers."""
+
+from __future__ import annotations
+
+from cdc.batch import Batch, stage_rows
+from cdc.events import RowChange, Transaction
+from cdc.positions import BinlogPosition, Lsn, decode_position
+
+
+def test_position_round_trip_and_order() -> None:
+    b = BinlogPosition("mysql-bin.000012", 4711)
+    assert decode_position(b.encode()) == b
+    assert BinlogPosition("mysql-bin.000009", 99999).sort_key() < b.sort_key()
+    lsn = Lsn.parse("16/B374D848")
+    assert str(lsn) == "16/B374D848"
+    assert decode_position(lsn.encode()) == lsn
+    assert Lsn.parse("0/10") < Lsn.parse("1/0")
+
+
+def test_stage_rows_orders_old_before_new() -> None:
+    changes = [
+        RowChange("t", "I", None, {"id": 1, "v": "a"}),
+        RowChange("t", "U", {"id": 1, "v": "a"}, {"id": 2, "v": "b"}),
+        RowChange("t", "D", {"id": 2, "v": "b"}, None, partial_before=True),
+    ]
+    rows = stage_rows(changes, ["id", "v"], [None, str.upper])
+    assert rows == [
+        (1, "A", 3, "N", False),
+        (1, "A", 4, "O", False),
+        (2, "B", 5, "N", False),
+        (2, "B", 6, "O", True),
+    ]
+    seqs = [r[2] for r in rows]
+    assert seqs == sorted(seqs)
+
+
+def test_batch_keeps_transactions_whole() -> None:
+    b = Batch()
+    b.add(Transaction([RowChange("a", "I", None, {"x": 1})] * 3, BinlogPosition("f.1", 10)))
+    b.add(Transaction([RowChange("b", "I", None, {"x": 1})], BinlogPosition("f.1", 20)))
+    assert b.rows == 4 and len(b) == 2
+    assert b.position == BinlogPosition("f.1", 20)
+    assert {k: len(v) for k, v in b.changes_by_table().items()} == {"a": 3, "b": 1}
