@@ -56,6 +56,7 @@ SCHEMA: dict[str, Any] = {
         "max_rows": _INT,
         "max_seconds": _NUM,
         "queue_transactions": _INT,
+        "decoder_process": _BOOL,
     },
     "snapshot": {
         "chunk_rows": _INT,
@@ -169,6 +170,7 @@ class Config:
     batch_max_rows: int = 20000
     batch_max_seconds: float = 1.0
     queue_transactions: int = 2000
+    decoder_process: bool = True
     snapshot_chunk_rows: int = 20000
     snapshot_workers: int = 2
     retry_initial_seconds: float = 1.0
@@ -351,6 +353,7 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
         batch_max_seconds=_positive(p, "batch.max_seconds", b.get("max_seconds", 1.0)),
         queue_transactions=int(_positive(p, "batch.queue_transactions",
                                          b.get("queue_transactions", 2000))),
+        decoder_process=b.get("decoder_process", True),
         snapshot_chunk_rows=int(_positive(p, "snapshot.chunk_rows", snap.get("chunk_rows", 20000))),
         snapshot_workers=int(_positive(p, "snapshot.workers", snap.get("workers", 2))),
         retry_initial_seconds=retry.get("initial_seconds", 1.0),

@@ -104,9 +104,19 @@ def _ensure_os_user(name: str = SERVER_OS_USER) -> pwd.struct_passwd:
         pass
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     proc = subprocess.run(
-        [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
-         "--shell", "/usr/sbin/nologin", "--user-group", name],
-        capture_output=True, text=True,
+        [
+            useradd,
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+            name,
+        ],
+        capture_output=True,
+        text=True,
     )
     try:
         return pwd.getpwnam(name)  # exists now, whether we or a concurrent process made it
@@ -132,8 +142,11 @@ def _pid_alive(pid: int) -> bool:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            "utf-8", "replace"
+        return (
+            Path(f"/proc/{pid}/cmdline")
+            .read_bytes()
+            .replace(b"\0", b" ")
+            .decode("utf-8", "replace")
         )
     except OSError:
         return ""
@@ -160,8 +173,7 @@ def _die_with_parent(sig: int) -> Callable[[], None]:
 
 def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-        + ":/usr/sbin:/sbin",
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin") + ":/usr/sbin:/sbin",
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "HOME": "/tmp",
@@ -222,8 +234,9 @@ class DevServer:
     def data_dir(self) -> Path:
         return self.run_dir / "data"
 
-    def url(self, dbname: str | None = None, user: str | None = None,
-            password: str | None = None) -> str:
+    def url(
+        self, dbname: str | None = None, user: str | None = None, password: str | None = None
+    ) -> str:
         """``scheme://user:password@127.0.0.1:PORT/dbname``; default user is the superuser."""
         if dbname is None:
             dbname = self.default_dbname
@@ -273,6 +286,15 @@ class DevServer:
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "state.json").unlink()
 
+    def purge(self) -> None:
+        """Stop the server and delete its data, logs and state."""
+        self.stop()
+        fallback = self._fallback_run_dir()
+        for path in (self.run_dir, self.state_dir, fallback):
+            shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            fallback.parent.rmdir()  # only once empty
+
     def is_running(self) -> bool:
         self._load_run_dir()
         pid = self.pid or self._state_pid()
@@ -285,9 +307,18 @@ class DevServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
-                dbname: str | None = None) -> list[tuple[Any, ...]]:
+    def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        dbname: str | None = None,
+    ) -> list[tuple[Any, ...]]:
         """Run ``sql`` as the superuser (autocommit); the rows it returns, if any."""
+        raise NotImplementedError
+
+    def connect(self, dbname: str | None = None, **kwargs: Any) -> Any:
+        """A new superuser DB-API connection (autocommit); the caller closes it."""
         raise NotImplementedError
 
     def create_database(self, name: str) -> None:
@@ -323,17 +354,21 @@ class DevServer:
             user = _ensure_os_user()
             self._uid, self._gid = user.pw_uid, user.pw_gid
             if not self._reachable(self.state_dir):
-                digest = hashlib.sha1(str(self.basedir).encode()).hexdigest()[:12]
-                root = Path(tempfile.gettempdir()) / f"cdc-devservers-{digest}"
+                self.run_dir = self._fallback_run_dir()
+                root = self.run_dir.parent
                 root.mkdir(mode=0o755, exist_ok=True)
                 os.chmod(root, 0o755)
-                self.run_dir = root / self.kind
                 self.run_dir.mkdir(exist_ok=True)
                 if not self._reachable(self.run_dir):
                     raise DevServerError(f"{self.run_dir} is not reachable by {SERVER_OS_USER}")
             os.chown(self.run_dir, self._uid, self._gid)
             os.chmod(self.run_dir, 0o755)
         self.password  # noqa: B018 - create the password file now
+
+    def _fallback_run_dir(self) -> Path:
+        """Where the data goes when the server user cannot enter ``basedir``."""
+        digest = hashlib.sha1(str(self.basedir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"cdc-devservers-{digest}" / self.kind
 
     def _reachable(self, path: Path) -> bool:
         """Can the server's OS user enter ``path``?"""
@@ -345,17 +380,28 @@ class DevServer:
             return False
         proc = subprocess.run(
             ["/bin/sh", "-c", 'cd "$1"', "sh", str(path)],
-            user=self._uid, group=self._gid, extra_groups=[],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+            user=self._uid,
+            group=self._gid,
+            extra_groups=[],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
         )
         return proc.returncode == 0
 
-    def _run_as_server_user(self, cmd: list[str], *, what: str,
-                            env: dict[str, str] | None = None) -> None:
+    def _run_as_server_user(
+        self, cmd: list[str], *, what: str, env: dict[str, str] | None = None
+    ) -> None:
         proc = subprocess.run(
-            cmd, user=self._uid, group=self._gid, extra_groups=[] if self._uid is not None
-            else None, cwd=self.run_dir, env=_clean_env(env),
-            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            cmd,
+            user=self._uid,
+            group=self._gid,
+            extra_groups=[] if self._uid is not None else None,
+            cwd=self.run_dir,
+            env=_clean_env(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise DevServerError(
@@ -376,12 +422,17 @@ class DevServer:
             log.write(f"\n=== {time.strftime('%F %T')} starting: {shlex.join(cmd)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.run_dir, env=_clean_env(), start_new_session=True,
-                user=self._uid, group=self._gid,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.run_dir,
+                env=_clean_env(),
+                start_new_session=True,
+                user=self._uid,
+                group=self._gid,
                 extra_groups=[] if self._uid is not None else None,
-                preexec_fn=_die_with_parent(self.parent_death_signal) if die_with_parent
-                else None,
+                preexec_fn=_die_with_parent(self.parent_death_signal) if die_with_parent else None,
             )
         self.pid = self._proc.pid
         try:
@@ -428,9 +479,14 @@ class DevServer:
         return data[-limit:].decode("utf-8", "replace")
 
     def _write_state(self) -> None:
-        state = {"pid": self.pid, "port": self.port, "host": self.host,
-                 "data_dir": str(self.data_dir), "run_dir": str(self.run_dir),
-                 "timezone": self.timezone}
+        state = {
+            "pid": self.pid,
+            "port": self.port,
+            "host": self.host,
+            "data_dir": str(self.data_dir),
+            "run_dir": str(self.run_dir),
+            "timezone": self.timezone,
+        }
         tmp = self.state_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.replace(self.state_dir / "state.json")
@@ -560,8 +616,9 @@ class PostgresServer(DevServer):
     stop_signal = signal.SIGINT  # "fast" shutdown
     parent_death_signal = signal.SIGQUIT  # "immediate" shutdown
 
-    def __init__(self, basedir: Path | str, *, port: int | None = None,
-                 timezone: str | None = None) -> None:
+    def __init__(
+        self, basedir: Path | str, *, port: int | None = None, timezone: str | None = None
+    ) -> None:
         super().__init__(basedir, port=port, timezone=timezone)
         self.bindir = _pg_bindir()
 
@@ -577,9 +634,20 @@ class PostgresServer(DevServer):
         os.chmod(pwfile, 0o600)
         try:
             self._run_as_server_user(
-                [str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", self.superuser,
-                 f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                 "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self.superuser,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
                 what="initdb",
             )
         finally:
@@ -634,18 +702,27 @@ class PostgresServer(DevServer):
         kwargs.setdefault("autocommit", True)
         kwargs.setdefault("connect_timeout", 10)
         return psycopg.connect(
-            host=self.host, port=self.port, user=self.superuser, password=self.password,
-            dbname=dbname or self.default_dbname, **kwargs,
+            host=self.host,
+            port=self.port,
+            user=self.superuser,
+            password=self.password,
+            dbname=dbname or self.default_dbname,
+            **kwargs,
         )
 
     def _ping(self) -> None:
         with self.connect(connect_timeout=2) as conn:
             conn.execute("SELECT 1")
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
-                dbname: str | None = None) -> list[tuple[Any, ...]]:
+    def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        dbname: str | None = None,
+    ) -> list[tuple[Any, ...]]:
         with self.connect(dbname) as conn, conn.cursor() as cur:
-            cur.execute(sql, params)  # type: ignore[arg-type]
+            cur.execute(sql, params)
             return list(cur.fetchall()) if cur.description else []
 
     def create_database(self, name: str) -> None:
@@ -677,8 +754,9 @@ class PostgresServer(DevServer):
 # --------------------------------------------------------------------------- MariaDB
 
 
-def _find_binary(*names: str, dirs: Sequence[str] = ("/usr/sbin", "/usr/bin",
-                                                      "/usr/libexec", "/usr/local/bin")) -> str:
+def _find_binary(
+    *names: str, dirs: Sequence[str] = ("/usr/sbin", "/usr/bin", "/usr/libexec", "/usr/local/bin")
+) -> str:
     for name in names:
         found = shutil.which(name)
         if found:
@@ -702,8 +780,9 @@ class MariaDBServer(DevServer):
     stop_signal = signal.SIGTERM
     parent_death_signal = signal.SIGKILL
 
-    def __init__(self, basedir: Path | str, *, port: int | None = None,
-                 timezone: str | None = None) -> None:
+    def __init__(
+        self, basedir: Path | str, *, port: int | None = None, timezone: str | None = None
+    ) -> None:
         super().__init__(basedir, port=port, timezone=timezone)
         self.mariadbd = _find_binary("mariadbd", "mysqld")
         self.install_db = _find_binary("mariadb-install-db", "mysql_install_db")
@@ -727,24 +806,33 @@ class MariaDBServer(DevServer):
         self.data_dir.mkdir(mode=0o750)
         self._chown(self.data_dir)
         pw = self.password.replace("\\", "\\\\").replace("'", "\\'")
-        users = "".join(
-            f"CREATE OR REPLACE USER 'root'@'{host}' IDENTIFIED BY '{pw}';\n"
-            f"GRANT ALL PRIVILEGES ON *.* TO 'root'@'{host}' WITH GRANT OPTION;\n"
-            for host in ("localhost", "127.0.0.1", "::1")
-        )
+        statements = [
+            "FLUSH PRIVILEGES",  # bootstrap mode starts without the grant tables loaded
+            "DELETE FROM mysql.global_priv"
+            " WHERE User = '' OR Host NOT IN ('localhost', '127.0.0.1', '::1')",
+            "DELETE FROM mysql.proxies_priv WHERE Host NOT IN ('localhost', '127.0.0.1', '::1')",
+            "FLUSH PRIVILEGES",
+        ]
+        for host in ("localhost", "127.0.0.1", "::1"):
+            statements += [
+                f"CREATE OR REPLACE USER 'root'@'{host}' IDENTIFIED BY '{pw}'",
+                f"GRANT ALL PRIVILEGES ON *.* TO 'root'@'{host}' WITH GRANT OPTION",
+            ]
+        statements.append("FLUSH PRIVILEGES")
         extra = self.run_dir / ".init.sql"
-        extra.write_text(
-            "FLUSH PRIVILEGES;\n"
-            "DELETE FROM mysql.global_priv WHERE User = '' "
-            "OR (User = 'root' AND Host NOT IN ('localhost', '127.0.0.1', '::1'));\n"
-            "FLUSH PRIVILEGES;\n" + users + "FLUSH PRIVILEGES;\n"
-        )
+        extra.write_text("".join(f"{stmt};\n" for stmt in statements))
         self._chown(extra)
         try:
             self._run_as_server_user(
-                [self.install_db, "--no-defaults", f"--datadir={self.data_dir}",
-                 "--auth-root-authentication-method=normal", "--skip-test-db",
-                 "--skip-name-resolve", f"--extra-file={extra}"],
+                [
+                    self.install_db,
+                    "--no-defaults",
+                    f"--datadir={self.data_dir}",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                    f"--extra-file={extra}",
+                ],
                 what="mariadb-install-db",
             )
         finally:
@@ -758,7 +846,8 @@ class MariaDBServer(DevServer):
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         cmd = [
-            self.mariadbd, "--no-defaults",
+            self.mariadbd,
+            "--no-defaults",
             f"--datadir={self.data_dir}",
             f"--port={self.port}",
             f"--bind-address={self.host}",
@@ -793,8 +882,9 @@ class MariaDBServer(DevServer):
     def _after_start(self) -> None:
         if self._named_timezone():
             assert self.timezone is not None
-            if not self.execute("SELECT 1 FROM mysql.time_zone_name WHERE Name = %s",
-                                (self.timezone,)):
+            if not self.execute(
+                "SELECT 1 FROM mysql.time_zone_name WHERE Name = %s", (self.timezone,)
+            ):
                 self.load_time_zones(self.timezone)
             self.execute("SET GLOBAL time_zone = %s", (self.timezone,))
 
@@ -838,8 +928,12 @@ class MariaDBServer(DevServer):
         kwargs.setdefault("charset", "utf8mb4")
         kwargs.setdefault("client_flag", CLIENT.MULTI_STATEMENTS)
         return pymysql.connect(
-            host=self.host, port=self.port, user=self.superuser, password=self.password,
-            database=dbname or None, **kwargs,
+            host=self.host,
+            port=self.port,
+            user=self.superuser,
+            password=self.password,
+            database=dbname or None,
+            **kwargs,
         )
 
     def _ping(self) -> None:
@@ -850,8 +944,13 @@ class MariaDBServer(DevServer):
         finally:
             conn.close()
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
-                dbname: str | None = None) -> list[tuple[Any, ...]]:
+    def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        dbname: str | None = None,
+    ) -> list[tuple[Any, ...]]:
         conn = self.connect(dbname)
         try:
             with conn.cursor() as cur:
@@ -870,8 +969,8 @@ class MariaDBServer(DevServer):
         """Drop ``name``, first killing sessions that use it (they would block the drop)."""
         _quote_ident(name)
         for (conn_id,) in self.execute(
-            "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> "
-            "CONNECTION_ID()", (name,)
+            "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+            (name,),
         ):
             with contextlib.suppress(Exception):
                 self.execute(f"KILL {int(conn_id)}")
@@ -903,8 +1002,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         adopted = server.is_running()
         server.start()
         verb = "running" if adopted else f"started in {time.monotonic() - t0:.1f}s"
-        print(f"# {server.kind} {verb} on {server.host}:{server.port} (pid {server.pid})",
-              file=sys.stderr)
+        print(
+            f"# {server.kind} {verb} on {server.host}:{server.port} (pid {server.pid})",
+            file=sys.stderr,
+        )
     mysql, pg = servers
     lines = _env_lines(mysql, pg)
     (directory / "env.sh").write_text("\n".join(lines) + "\n")
@@ -917,8 +1018,9 @@ def _cmd_down(args: argparse.Namespace) -> int:
     for server in _servers(directory):
         was_running = server.is_running()
         server.stop()
-        print(f"# {server.kind} {'stopped' if was_running else 'was not running'}",
-              file=sys.stderr)
+        print(f"# {server.kind} {'stopped' if was_running else 'was not running'}", file=sys.stderr)
+        if args.purge:
+            server.purge()
     with contextlib.suppress(FileNotFoundError):
         (directory / "env.sh").unlink()
     return 0
@@ -948,6 +1050,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", help="stop both servers")
     down.add_argument("--dir", required=True)
+    down.add_argument("--purge", action="store_true", help="also delete data and logs")
     down.set_defaults(func=_cmd_down)
     env = sub.add_parser("env", help="print the export lines for running servers")
     env.add_argument("--dir", required=True)

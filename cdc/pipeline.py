@@ -1,4 +1,4 @@
-"""The daemon's loop: read transactions in one thread, batch and apply in another.
+"""The daemon's loop: read transactions beside (``cdc.reader``), batch and apply here.
 
 Decoding (CPU in Python) and applying (mostly waiting on the target) overlap;
 a bounded queue between them keeps memory flat when the target is slower.
@@ -22,13 +22,13 @@ from cdc.config import Config
 from cdc.errors import CdcError, TerminalError, TransientError
 from cdc.events import Transaction
 from cdc.plan import Plan, build_plan
+from cdc.reader import END, ProcessReader, ThreadReader
 from cdc.sources import open_source
 from cdc.targets import open_target
 from cdc.targets.postgres import converters as pg_converters
 
 log = logging.getLogger("cdc.pipeline")
 
-_END = object()
 
 
 @dataclass
@@ -90,8 +90,7 @@ class Runner:
         self.stop = stop
         self.hooks = hooks
         self.on_streaming = on_streaming
-        self.reader_stop = threading.Event()
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_transactions)
+        self.reader: Any = None
 
     def run(self) -> None:
         cfg = self.config
@@ -127,42 +126,15 @@ class Runner:
                 source.preflight(start)
             self._loop(source, target, plan, start)
         finally:
-            self.reader_stop.set()
             if source is not None:
                 source.close()
             target.close()
 
-    # ------------------------------------------------------------------------
-    def _reader(self, source: Any, start: Any) -> None:
-        try:
-            for tx in source.stream(start, self.reader_stop):
-                while True:
-                    try:
-                        self.queue.put(tx, timeout=0.2)
-                        break
-                    except queue.Full:
-                        if self.reader_stop.is_set():
-                            return
-                if self.reader_stop.is_set():
-                    return
-        except BaseException as e:  # handed to the applier thread, which decides
-            self._put_final(e)
-            return
-        self._put_final(_END)
-
-    def _put_final(self, item: Any) -> None:
-        while not self.reader_stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
     def _loop(self, source: Any, target: Any, plan: Plan, start: Any) -> None:
         cfg = self.config
-        thread = threading.Thread(target=self._reader, args=(source, start),
-                                  name="cdc-reader", daemon=True)
-        thread.start()
+        reader = self._make_reader(source, start)
+        self.reader = reader
+        reader.start()
         log.info("streaming pipeline %s from %s (%d rules over %s)", cfg.pipeline,
                  start if start is not None else "the slot's position", len(plan.rules),
                  ", ".join(plan.source_tables))
@@ -208,14 +180,18 @@ class Runner:
                         self.hooks.status(f"streaming at {batch.position if batch.transactions else start}, "
                                           f"{rate:.0f} rows/s")
         finally:
-            self.reader_stop.set()
-            thread.join(timeout=10)
+            reader.stop()
         if self.stop.is_set():
             try:
                 target.write_status("stopped")
             except CdcError:
                 pass
             log.info("stopped cleanly")
+
+    def _make_reader(self, source: Any, start: Any) -> Any:
+        if getattr(source, "kind", "") == "mysql" and self.config.decoder_process:
+            return ProcessReader(source.factory(), start, self.config.queue_transactions)
+        return ThreadReader(source, start, self.config.queue_transactions)
 
     def _collect(self) -> tuple[Batch, BaseException | None, bool]:
         """Take whole transactions off the queue: as many as are ready, up to
@@ -225,11 +201,11 @@ class Runner:
         cfg = self.config
         deadline = time.monotonic() + cfg.batch_max_seconds
         try:
-            item = self.queue.get(timeout=0.5)
+            item = self.reader.get(timeout=0.5)
         except queue.Empty:
             return batch, None, False
         while True:
-            if item is _END:
+            if isinstance(item, str) and item == END:
                 return batch, None, True
             if isinstance(item, BaseException):
                 return batch, item, False
@@ -238,7 +214,7 @@ class Runner:
             if batch.rows >= cfg.batch_max_rows or time.monotonic() >= deadline:
                 return batch, None, False
             try:
-                item = self.queue.get_nowait()
+                item = self.reader.get_nowait()
             except queue.Empty:
                 return batch, None, False
 

@@ -7,6 +7,7 @@ restart resumes.  Runs in the reader thread; it never touches the target.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -76,6 +77,12 @@ class MySQLSource:
         self.heartbeat_seconds = heartbeat_seconds
         self.connect_timeout = connect_timeout
         self._conn: pymysql.connections.Connection | None = None
+
+    def factory(self) -> functools.partial[MySQLSource]:
+        """A picklable recipe for an identical source (built in the decoder process)."""
+        return functools.partial(MySQLSource, self.url, server_id=self.server_id,
+                                 tables=self.tables, heartbeat_seconds=self.heartbeat_seconds,
+                                 connect_timeout=self.connect_timeout)
 
     # --- control connection -------------------------------------------------
     def conn(self) -> pymysql.connections.Connection:

@@ -1,0 +1,144 @@
+"""Run a source's ``stream()`` beside the applier: in a thread, or in a process.
+
+mysql-replication decodes rows in pure Python at one core's worth of CPU.  In a
+thread it shares the GIL with the applier and the two take turns; in a child
+process decode and apply truly overlap (bench/bench_stream.py measures both).
+The child only decodes; positions and acknowledgements stay in the parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import pickle
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cdc.errors import ConnectionLost, TerminalError
+
+log = logging.getLogger("cdc.reader")
+
+END = "__cdc_end_of_stream__"
+
+
+class ThreadReader:
+    """``source.stream`` in a daemon thread, items in a bounded queue."""
+
+    def __init__(self, source: Any, start: Any, maxsize: int) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(source, start),
+                                       name="cdc-reader", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _main(self, source: Any, start: Any) -> None:
+        try:
+            for tx in source.stream(start, self.stop_event):
+                if not self._put(tx):
+                    return
+        except BaseException as e:  # handed to the applier, which decides
+            self._put(e)
+            return
+        self._put(END)
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self, timeout: float) -> Any:
+        return self.queue.get(timeout=timeout)
+
+    def get_nowait(self) -> Any:
+        return self.queue.get_nowait()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+
+def _die_with_parent() -> None:
+    # If the daemon is killed -9 the decoder must not live on, holding a binlog
+    # connection under our server_id.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _child(factory: Callable[[], Any], start: Any, q: Any, stop: Any) -> None:
+    _die_with_parent()
+    # The parent owns shutdown: SIGTERM to the whole unit (systemd's default
+    # KillMode) must not kill the decoder before the parent's last commit.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING)
+    source = None
+    try:
+        source = factory()
+        for tx in source.stream(start, stop):
+            while not stop.is_set():
+                try:
+                    q.put(tx, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        q.put(END)
+    except BaseException as e:
+        try:
+            pickle.dumps(e)
+            q.put(e)
+        except Exception:
+            q.put(TerminalError(f"decoder failed: {type(e).__name__}: {e}"))
+    finally:
+        if source is not None:
+            source.close()
+
+
+class ProcessReader:
+    """``source.stream`` in a child process; ``factory`` builds the source there."""
+
+    def __init__(self, factory: Callable[[], Any], start: Any, maxsize: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.queue: Any = ctx.Queue(maxsize=maxsize)
+        self.stop_event = ctx.Event()
+        self.proc = ctx.Process(target=_child, args=(factory, start, self.queue,
+                                                     self.stop_event),
+                                name="cdc-decoder", daemon=True)
+
+    def start(self) -> None:
+        self.proc.start()
+
+    def get(self, timeout: float) -> Any:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            if not self.proc.is_alive():
+                raise ConnectionLost(f"the decoder process exited (code {self.proc.exitcode}); "
+                                     "restarting from the last committed position") from None
+            raise
+
+    def get_nowait(self) -> Any:
+        return self.queue.get_nowait()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        self.queue.cancel_join_thread()
+        self.queue.close()
