@@ -38,6 +38,11 @@ class Batch:
                 return tx.commit_time
         return None
 
+    @property
+    def data_transactions(self) -> int:
+        """Source transactions that changed rows (heartbeats only move the position)."""
+        return sum(1 for tx in self.transactions if not tx.heartbeat)
+
     def changes_by_table(self) -> dict[str, list[RowChange]]:
         out: dict[str, list[RowChange]] = {}
         for tx in self.transactions:

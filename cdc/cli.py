@@ -100,16 +100,22 @@ def setup(config_path: str) -> None:
 
         source, target = _open(cfg)
         try:
+            # Validate everything before writing anything: a bad rule or a
+            # source without ROW binlog must leave the target untouched.
+            rules = parse_rules(cfg)
+            if cfg.source.kind == "mysql":
+                source.check_binlog()
+            target_version = target.schema_version()
+            from cdc import bookkeeping
+
+            bookkeeping.check_version(target_version, cfg.target.kind)
+            build_plan(cfg, source, target, rules)
             version = target.migrate()
             click.echo(f"bookkeeping schema at version {version} in {cfg.target.redacted()}")
-            rules = parse_rules(cfg)
             if cfg.source.kind == "postgresql":
                 source.setup()
                 click.echo(f"slot {cfg.slot!r} and publication {cfg.publication!r} ready "
                            f"for {', '.join(sorted({r.source.name for r in rules}))}")
-            else:
-                source.check_binlog()
-            build_plan(cfg, source, target, rules)
             offset = target.load_offset()
             if offset is None and cfg.source.kind == "mysql":
                 pos = source.current_position()
@@ -144,6 +150,13 @@ def check(config_path: str, show_sql: bool) -> None:
         _fail(e)
     problems = 0
     try:
+        # Reach both databases once first: an unreachable server or a wrong
+        # password is one line, not one line per rule.
+        try:
+            source.table(rules[0].source.name)
+            target.schema_version()
+        except CdcError as e:
+            _fail(e)
         plans = []
         for r in rules:
             try:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -21,7 +22,7 @@ from cdc.devservers import MariaDBServer, PostgresServer, _pid_alive
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _mysql_connect(url: str) -> pymysql.connections.Connection:  # type: ignore[type-arg]
+def _mysql_connect(url: str) -> Any:
     u = urlsplit(url)
     return pymysql.connect(
         host=u.hostname,
@@ -47,7 +48,8 @@ def test_mariadb_binlog_settings(mariadb_server: MariaDBServer) -> None:
             cur.execute("SHOW VARIABLES LIKE 'log_bin'")
             assert cur.fetchall() == (("log_bin", "ON"),)
             cur.execute("SHOW MASTER STATUS")
-            assert cur.fetchone()[0].startswith("mysql-bin.")
+            status = cur.fetchone()
+            assert status is not None and status[0].startswith("mysql-bin.")
     finally:
         conn.close()
     bad = mariadb_server.url("", password="wrong")

@@ -427,11 +427,14 @@ class Decoder:
             if any(c.type_oid == oid for c in info.relation.columns):
                 self._relations[roid] = self._build(info.relation)
 
+    def has_loader(self, oid: int) -> bool:
+        """Whether values of type ``oid`` convert to something better than str."""
+        return (oid in self._aliases
+                or self._adapters.get_loader(oid, Format.TEXT) is not None)
+
     def unknown_type_oids(self, relation: Relation) -> list[int]:
         """OIDs of ``relation``'s columns that would be kept as str for lack of a loader."""
-        return [c.type_oid for c in relation.columns
-                if c.type_oid not in self._aliases
-                and self._adapters.get_loader(c.type_oid, Format.TEXT) is None]
+        return [c.type_oid for c in relation.columns if not self.has_loader(c.type_oid)]
 
     # --- values ---------------------------------------------------------------
     def row(self, info: RelationInfo, values: TupleData) -> dict[str, Any]:

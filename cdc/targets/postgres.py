@@ -347,7 +347,8 @@ class PostgresTarget:
                 if record is not None:
                     record(conn)
                 else:
-                    self._write_offset(conn, batch.position, batch.commit_time, len(batch),
+                    self._write_offset(conn, batch.position, batch.commit_time,
+                                       batch.data_transactions,
                                        batch.rows)
         except psycopg.Error as e:
             self._after_error()
