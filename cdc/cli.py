@@ -322,6 +322,147 @@ def lag(config_path: str, as_json: bool, watch: bool, interval: float,
         sys.exit(1)
 
 
+@cli.group()
+def dlq() -> None:
+    """The dead-letter table: changes that could not be applied, with why.
+
+    \b
+      cdc dlq list              # id, rule, table, attempts, error
+      cdc dlq show ID           # the source row images and the full error
+      cdc dlq retry ID… | --all # re-read the source rows now and apply them
+      cdc dlq drop ID… | --all  # forget them (the target keeps what it has)
+
+    The daemon retries dead letters by itself with backoff
+    (dead_letters.retry_seconds, doubling) up to dead_letters.max_attempts
+    times; after that they wait for one of these commands.
+    """
+
+
+def _dlq_target(cfg: Config) -> Any:
+    from cdc.targets import open_target
+
+    return open_target(cfg)
+
+
+def _jsonable_row(r: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in r.items():
+        if isinstance(v, datetime):
+            out[k] = v.isoformat()
+        elif k == "row_data" and isinstance(v, str):
+            out[k] = json.loads(v)
+        else:
+            out[k] = v
+    return out
+
+
+@dlq.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+def dlq_list(config_path: str, as_json: bool) -> None:
+    """List dead letters, oldest first."""
+    cfg = _config(config_path)
+    try:
+        target = _dlq_target(cfg)
+        rows = target.dead_letter_rows()
+        target.close()
+    except CdcError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps([_jsonable_row(r) for r in rows], ensure_ascii=False, default=str))
+        return
+    if not rows:
+        click.echo("no dead letters")
+        return
+    click.echo(f"{'id':>6}  {'rule':<16} {'table':<16} op {'tries':>5}  error")
+    for r in rows:
+        click.echo(f"{r['id']:>6}  {r['rule']:<16} {r['source_table']:<16} {r['operation']:<2} "
+                   f"{r['attempts']:>5}  {r['error'][:100]}")
+
+
+@dlq.command("show")
+@config_option
+@click.argument("dl_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def dlq_show(config_path: str, dl_id: int, as_json: bool) -> None:
+    """Show one dead letter in full."""
+    cfg = _config(config_path)
+    try:
+        target = _dlq_target(cfg)
+        rows = target.dead_letter_rows([dl_id])
+        target.close()
+    except CdcError as e:
+        _fail(e)
+    if not rows:
+        click.echo(f"cdc: error: no dead letter {dl_id} for pipeline {cfg.pipeline}", err=True)
+        sys.exit(1)
+    r = _jsonable_row(rows[0])
+    if as_json:
+        click.echo(json.dumps(r, ensure_ascii=False, default=str))
+        return
+    for k, v in r.items():
+        if k == "row_data":
+            v = json.dumps(v, ensure_ascii=False, indent=2, default=str)
+        click.echo(f"{k}: {v}")
+
+
+@dlq.command("retry")
+@config_option
+@click.argument("ids", type=int, nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Retry every dead letter of the pipeline.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def dlq_retry(config_path: str, ids: tuple[int, ...], all_: bool, as_json: bool) -> None:
+    """Re-read the source rows of dead letters and apply them now.
+
+    Those that apply are removed; those that fail again stay, with the new
+    error and one more attempt counted. Exit 1 when any still fails.
+    """
+    if not ids and not all_:
+        raise click.UsageError("name dead-letter IDs or use --all")
+    from cdc import dlq as dlq_mod
+    from cdc.plan import attach_converters, build_plan
+
+    cfg = _config(config_path)
+    try:
+        source, target = _open(cfg)
+        try:
+            plan = build_plan(cfg, source, target)
+            attach_converters(plan, cfg)
+            res = dlq_mod.retry(cfg, source, target, plan, None if all_ else list(ids))
+        finally:
+            source.close()
+            target.close()
+    except CdcError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps({"tried": res.tried, "applied": res.applied, "failed": res.failed,
+                               "skipped": res.skipped}))
+    else:
+        click.echo(f"retried {res.tried}: {res.applied} applied, {res.failed} still failing"
+                   + (f", {res.skipped} skipped (no rule reads their table)"
+                      if res.skipped else ""))
+    if res.failed:
+        sys.exit(1)
+
+
+@dlq.command("drop")
+@config_option
+@click.argument("ids", type=int, nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Drop every dead letter of the pipeline.")
+def dlq_drop(config_path: str, ids: tuple[int, ...], all_: bool) -> None:
+    """Delete dead letters (the target is not changed)."""
+    if not ids and not all_:
+        raise click.UsageError("name dead-letter IDs or use --all")
+    cfg = _config(config_path)
+    try:
+        target = _dlq_target(cfg)
+        n = target.drop_dead_letters(None if all_ else list(ids))
+        target.close()
+    except CdcError as e:
+        _fail(e)
+    click.echo(f"dropped {n} dead letter(s)")
+
+
 def main() -> None:
     cli(prog_name="cdc")
 

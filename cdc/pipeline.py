@@ -17,15 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cdc import dlq
 from cdc.batch import Batch
 from cdc.config import Config
 from cdc.errors import CdcError, TerminalError, TransientError
 from cdc.events import Transaction
-from cdc.plan import Plan, build_plan
+from cdc.plan import Plan, attach_converters, build_plan
 from cdc.reader import END, ProcessReader, ThreadReader
 from cdc.sources import open_source
 from cdc.targets import open_target
-from cdc.targets.postgres import converters as pg_converters
 
 log = logging.getLogger("cdc.pipeline")
 
@@ -104,14 +104,7 @@ class Runner:
             tables = sorted({r.source.name for r in rules})
             source = open_source(cfg, tables)
             plan = build_plan(cfg, source, target, rules)
-            if cfg.target.kind == "postgresql":
-                plan.converters = {n: pg_converters(st) for n, st in plan.stages.items()}
-            else:
-                from cdc.targets.mysql import (  # type: ignore[import-not-found,unused-ignore]
-                    converters as my_converters,
-                )
-
-                plan.converters = {n: my_converters(st) for n, st in plan.stages.items()}
+            attach_converters(plan, cfg)
             offset = target.load_offset()
             if offset is None:
                 start = source.current_position() if cfg.source.kind == "mysql" else None
@@ -143,6 +136,7 @@ class Runner:
             self.hooks.ready()
         self.on_streaming()
         last_status = 0.0
+        last_dlq = time.monotonic()
         rows_window: list[tuple[float, int]] = []
         pending_error: BaseException | None = None
         try:
@@ -165,6 +159,9 @@ class Runner:
                     log.info("the source stream ended")
                     break
                 now = time.monotonic()
+                if now - last_dlq >= cfg.dlq_retry_seconds:
+                    last_dlq = now
+                    dlq.retry(cfg, source, target, plan, due_only=True)
                 if self.hooks.watchdog:
                     self.hooks.watchdog()
                 if now - last_status >= 5.0:

@@ -92,3 +92,12 @@ def build_plan(config: Config, source: Catalog, target: Any,
         compiled.append(c)
         by_table.setdefault(name, []).append(c)
     return Plan(rules=compiled, stages=stages, by_table=by_table)
+
+
+def attach_converters(plan: Plan, config: Config) -> None:
+    """Per-column value adapters for the target's driver (see the targets)."""
+    if config.target.kind == "postgresql":
+        from cdc.targets.postgres import converters
+    else:
+        from cdc.targets.mysql import converters  # type: ignore[no-redef]
+    plan.converters = {n: converters(st) for n, st in plan.stages.items()}

@@ -7,7 +7,7 @@ column serves both source kinds, and compared only within one source kind.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -50,7 +50,7 @@ class Lsn:
         return (0, self.value)
 
 
-Position = Union[BinlogPosition, Lsn]
+Position: TypeAlias = BinlogPosition | Lsn
 
 
 def decode_position(text: str) -> Position:

@@ -25,7 +25,7 @@ class BoundRule:
     lookups: dict[str, TableSchema]  # alias -> shape
     columns: list[str]  # target columns written, in rule order (target spelling)
     key: list[str]  # subset of columns identifying a target row
-    expressions: list[exp.Expression]  # one per column, in the rule's dialect
+    expressions: list[exp.Expr]  # one per column, in the rule's dialect
     options: RuleOptions
     # Source columns the target key is computed from (for REPLICA IDENTITY checks).
     key_source_columns: set[str]
@@ -166,7 +166,7 @@ def bind(rule: Rule, source: TableSchema | None, target: TableSchema | None,
                      key_source_columns=key_sources)
 
 
-def _at(line: int) -> exp.Expression:
+def _at(line: int) -> exp.Expr:
     e = exp.Literal.number(0)
     e.meta["line"] = line
     return e
@@ -179,7 +179,7 @@ def _near(name: str, options: list[str]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
-def _in_subquery(node: exp.Expression, top: exp.Select) -> bool:
+def _in_subquery(node: exp.Expr, top: exp.Select) -> bool:
     parent = node.parent
     while parent is not None and parent is not top:
         if isinstance(parent, exp.Select):

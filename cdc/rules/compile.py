@@ -19,11 +19,14 @@ All identifiers pass through sqlglot's quoting; nothing is pasted raw.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import sqlglot
 from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
 
 from cdc.catalog import TableSchema
+from cdc.errors import RuleError
 from cdc.rules.bind import BoundRule
 from cdc.rules.rewrite import rewrites_for
 from cdc.typemap import staging_type
@@ -70,6 +73,8 @@ class CompiledRule:
     fill: str
     delete: str | None
     upsert: str
+    # (condition as written, SQL listing the _cdc_seq of new images failing it)
+    validations: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -116,7 +121,7 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
     def staged(col: str) -> exp.Column:
         return exp.column(col, table=alias, quoted=True)
 
-    projections: list[exp.Expression] = []
+    projections: list[exp.Expr] = []
     for col, e in zip(bound.columns, sel.expressions, strict=True):
         e = e.unalias() if isinstance(e, exp.Alias) else e
         projections.append(exp.alias_(e.copy(), exp.to_identifier(col, quoted=True)))
@@ -130,7 +135,7 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
                                staged(PARTIAL) if d == "postgres"
                                else exp.EQ(this=staged(PARTIAL), expression=exp.Literal.number(1)))
         sel.set("where", exp.Where(this=exp.or_(exp.paren(partial_old), exp.paren(where.this))))
-    tree: exp.Expression = sel
+    tree: exp.Expr = sel
     for rw in rewrites_for(rule.dialect, d):
         tree = rw(tree)
     select_sql = tree.sql(dialect=d)
@@ -200,8 +205,40 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
         # row alias that MariaDB does not parse).
         sets = ", ".join(f"{c} = VALUES({c})" for c in (updates or key_cols[:1]))
         upsert = f"{head} ON DUPLICATE KEY UPDATE {sets}"
+    validations = [(cond, _validation_sql(bound, stage, cond, d))
+                   for cond in bound.options.validate]
     return CompiledRule(bound=bound, stage=stage, result_name=res, create_result=create_result,
-                        clear_result=clear_result, fill=fill, delete=delete, upsert=upsert)
+                        clear_result=clear_result, fill=fill, delete=delete, upsert=upsert,
+                        validations=validations)
+
+
+def _validation_sql(bound: BoundRule, stage: StageTable, condition: str, d: str) -> str:
+    """``SELECT _cdc_seq`` of new images for which ``condition`` is not true.
+
+    NULL counts as failing: ``phone IS NOT NULL``-style checks mean it.
+    """
+    rule = bound.rule
+    where = f"rule_options.{rule.name}.validate"
+    try:
+        cond = sqlglot.parse_one(condition, read=rule.dialect)
+    except (ParseError, TokenError) as e:
+        raise RuleError(f"{where}: cannot parse {condition!r}: {str(e).splitlines()[0]}",
+                        file=rule.file) from None
+    alias = rule.source.alias
+    for col in list(cond.find_all(exp.Column)):
+        if col.table and col.table.lower() != alias.lower():
+            raise RuleError(f"{where}: {condition!r} may only name columns of the source "
+                            f"table {rule.source.name!r}", file=rule.file)
+        c = bound.source.column(col.name)
+        if c is None:
+            raise RuleError(f"{where}: {condition!r}: source table {rule.source.name!r} has no "
+                            f"column {col.name!r}", file=rule.file)
+        col.replace(exp.column(c.name, table=alias, quoted=True))
+    for rw in rewrites_for(rule.dialect, d):
+        cond = rw(cond)
+    q = lambda n: ident(n, d)  # noqa: E731
+    return (f"SELECT {q(alias)}.{q(SEQ)} FROM {q(stage.name)} AS {q(alias)} "
+            f"WHERE {q(alias)}.{q(KIND)} = 'N' AND NOT COALESCE(({cond.sql(dialect=d)}), FALSE)")
 
 
 def _resolve_identifiers(sel: exp.Select, bound: BoundRule) -> None:

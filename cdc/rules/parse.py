@@ -50,16 +50,16 @@ class Rule:
     lookups: list[TableRef] = field(default_factory=list)
     line: int = 1
 
-    def error(self, message: str, node: exp.Expression | None = None, *,
+    def error(self, message: str, node: exp.Expr | None = None, *,
               fix: str | None = None) -> RuleError:
         return RuleError(message, file=self.file, line=line_of(node) or self.line, fix=fix)
 
 
-def line_of(node: exp.Expression | None) -> int | None:
+def line_of(node: exp.Expr | None) -> int | None:
     if node is None:
         return None
     for n in node.walk():
-        line = n.meta.get("line") if isinstance(n, exp.Expression) else None
+        line = n.meta.get("line") if isinstance(n, exp.Expr) else None
         if line:
             return int(line)
     return None
@@ -97,7 +97,7 @@ def load_rules(directory: Path, default_dialect: str,
 
 
 def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
-    def fail(message: str, node: exp.Expression | None = None, line: int | None = None) -> RuleError:
+    def fail(message: str, node: exp.Expr | None = None, line: int | None = None) -> RuleError:
         return RuleError(message, file=file, line=line or line_of(node) or 1)
 
     try:
@@ -127,7 +127,7 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
         if tree.args.get(unsupported):
             raise fail(f"the rule's INSERT must be plain: remove its {unsupported.upper()} clause "
                        "(cdc writes the upsert itself)", tree.args[unsupported]
-                       if isinstance(tree.args[unsupported], exp.Expression) else None)
+                       if isinstance(tree.args[unsupported], exp.Expr) else None)
     target_node = tree.this
     columns: list[str] | None = None
     if isinstance(target_node, exp.Schema):
@@ -152,7 +152,7 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
         node = select.args.get(key)
         if node:
             raise fail(f"{what} is not supported in rules: each source row maps to at most "
-                       "one target row", node if isinstance(node, exp.Expression) else None)
+                       "one target row", node if isinstance(node, exp.Expr) else None)
     for agg in select.find_all(exp.AggFunc):
         if _inside_subquery(agg, select):
             continue
@@ -193,22 +193,24 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
         raise fail(f"INSERT names {len(columns)} columns but SELECT yields "
                    f"{len(select.expressions)} values", select)
     if columns is None:
-        for e in select.expressions:
-            if isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star)):
-                raise fail("SELECT * is not supported in rules: list the columns", e)
-            if not e.alias_or_name or (not isinstance(e, exp.Alias | exp.Column)):
+        for proj in select.expressions:
+            if isinstance(proj, exp.Star) or (
+                    isinstance(proj, exp.Column) and isinstance(proj.this, exp.Star)):
+                raise fail("SELECT * is not supported in rules: list the columns", proj)
+            if not proj.alias_or_name or (not isinstance(proj, exp.Alias | exp.Column)):
                 raise fail(f"without a column list, each value needs AS target_column: "
-                           f"{e.sql(dialect=dialect)}", e)
+                           f"{proj.sql(dialect=dialect)}", proj)
     else:
-        for e in select.expressions:
-            if isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star)):
-                raise fail("SELECT * is not supported in rules: list the columns", e)
+        for proj in select.expressions:
+            if isinstance(proj, exp.Star) or (
+                    isinstance(proj, exp.Column) and isinstance(proj.this, exp.Star)):
+                raise fail("SELECT * is not supported in rules: list the columns", proj)
     return Rule(name=name, file=file, text=text, dialect=dialect, tree=tree, target=target,
                 target_columns=columns, select=select, source=source, lookups=lookups,
                 line=line_of(tree) or 1)
 
 
-def _inside_subquery(node: exp.Expression, top: exp.Select) -> bool:
+def _inside_subquery(node: exp.Expr, top: exp.Select) -> bool:
     parent = node.parent
     while parent is not None and parent is not top:
         if isinstance(parent, exp.Subquery | exp.Select):

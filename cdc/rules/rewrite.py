@@ -11,14 +11,14 @@ from collections.abc import Callable
 
 from sqlglot import exp
 
-Rewrite = Callable[[exp.Expression], exp.Expression]
+Rewrite = Callable[[exp.Expr], exp.Expr]
 
 
-def cast_char_to_text(tree: exp.Expression) -> exp.Expression:
+def cast_char_to_text(tree: exp.Expr) -> exp.Expr:
     """MySQL ``CAST(x AS CHAR)`` is a string of any length; PostgreSQL's ``CHAR``
     is ``char(1)`` and would keep only the first character."""
 
-    def fix(node: exp.Expression) -> exp.Expression:
+    def fix(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Cast | exp.TryCast):
             to = node.to
             if to.this in (exp.DataType.Type.CHAR, exp.DataType.Type.NCHAR) and not to.expressions:
@@ -37,11 +37,11 @@ _UNSIGNED = {
 }
 
 
-def unsigned_casts(tree: exp.Expression) -> exp.Expression:
+def unsigned_casts(tree: exp.Expr) -> exp.Expr:
     """``CAST(x AS UNSIGNED)`` has no PostgreSQL spelling; widen to a signed type
     that holds every unsigned value."""
 
-    def fix(node: exp.Expression) -> exp.Expression:
+    def fix(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.DataType) and node.this in _UNSIGNED:
             return exp.DataType.build(_UNSIGNED[node.this], dialect="postgres")
         return node

@@ -46,7 +46,9 @@ def connect(url: DatabaseUrl, *, database: bool = True, timeout: float = 10.0,
         return pymysql.connect(
             host=url.host, port=url.port, user=url.user, password=url.password,
             database=url.database if database else None, charset="utf8mb4",
-            connect_timeout=int(timeout), autocommit=True, **extra)
+            connect_timeout=int(timeout), autocommit=True,
+            # TIMESTAMP values read by SELECT must match the binlog's, which are UTC.
+            init_command="SET time_zone = '+00:00'", **extra)
     except pymysql.err.OperationalError as e:
         raise classify(e, url) from None
 
@@ -139,6 +141,9 @@ class MySQLSource:
         with self.conn().cursor() as cur:
             cur.execute("SHOW BINARY LOGS")
             row = cur.fetchone()
+        if not row:
+            raise SourceError("the source has no binary log files",
+                              fix="set log_bin=mysql-bin in the server config and restart")
         return BinlogPosition(str(row[0]), 4)
 
     def position_available(self, pos: BinlogPosition) -> bool:

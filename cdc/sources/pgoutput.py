@@ -126,6 +126,15 @@ class Type:
 TupleData = tuple[Any, ...]
 
 
+class TupleWithUnchanged(tuple[Any, ...]):
+    """TupleData holding at least one UNCHANGED value.
+
+    The type is the flag, so converting the common row needs no scan for it.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class Insert:
     relation_oid: int
@@ -227,6 +236,7 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
     out: list[Any] = []
     append = out.append
     from_bytes = int.from_bytes
+    unchanged = False
     for _ in range(ncols):
         kind = buf[pos]
         if kind == 0x74 or kind == 0x62:  # 't' text, 'b' binary
@@ -238,12 +248,13 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
             pos += 1
         elif kind == 0x75:  # 'u'
             append(UNCHANGED)
+            unchanged = True
             pos += 1
         else:
             raise ProtocolError(f"pgoutput: unknown tuple column kind {kind!r} at offset {pos}")
     if pos > len(buf):
         raise ProtocolError("pgoutput: tuple data runs past the end of the message")
-    return tuple(out), pos
+    return (TupleWithUnchanged(out) if unchanged else tuple(out)), pos
 
 
 def decode(data: bytes | bytearray | memoryview, *, in_stream: bool = False) -> PgoutputMessage:
@@ -443,13 +454,14 @@ class Decoder:
             raise ProtocolError(
                 f"pgoutput: {info.table} row has {len(values)} columns, its Relation message "
                 f"{len(info.names)}")
-        if UNCHANGED not in values:
+        if type(values) is tuple:  # not TupleWithUnchanged
             try:
-                return dict(zip(info.names, info.load_row(values), strict=True))
+                # Lengths were checked above; strict=False skips a second check.
+                return dict(zip(info.names, info.load_row(values), strict=False))
             except Exception:  # noqa: S110 - retried column by column below
                 pass
         return dict(zip(info.names, [_load_one(load, v) for load, v in
-                                     zip(info.loaders, values, strict=True)], strict=True))
+                                     zip(info.loaders, values, strict=False)], strict=False))
 
     def key_row(self, info: RelationInfo, values: TupleData) -> dict[str, Any]:
         """Only the replica identity columns of a tuple (a 'K' old tuple, or a new image)."""

@@ -19,7 +19,9 @@ from cdc import bookkeeping, catalog
 from cdc.batch import Batch, Converter, stage_rows
 from cdc.catalog import TableSchema
 from cdc.config import Config, DatabaseUrl
+from cdc.deadletter import DeadLetter, change_to_json, one_line, pg_is_row_error
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
+from cdc.events import RowChange
 from cdc.positions import Position, decode_position
 from cdc.rules.compile import CompiledRule, StageTable
 
@@ -109,6 +111,7 @@ class PostgresTarget:
         self.pipeline = config.pipeline
         self._conn: psycopg.Connection[Any] | None = None
         self._prepared: set[str] = set()
+        self.dead_letters: list[DeadLetter] = []
 
     # --- connection and catalog ---------------------------------------------
     def conn(self) -> psycopg.Connection[Any]:
@@ -306,50 +309,43 @@ class PostgresTarget:
     def apply(self, batch: Batch, stages: dict[str, StageTable],
               rules: dict[str, list[CompiledRule]],
               convs: dict[str, list[Converter | None]],
-              record: Callable[[Any], None] | None = None) -> int:
+              record: Callable[[Any], None] | None = None,
+              existing: dict[int, int] | None = None) -> int:
         """Apply one batch and its offset in one transaction; returns staged rows.
 
         ``record``, when given, is called with the open connection inside the
-        transaction *instead of* writing the streaming offset: the snapshot uses
-        it to commit its chunk progress atomically with the chunk's rows.
+        transaction *instead of* writing the streaming offset: the snapshot and
+        dead-letter retries use it to commit their own bookkeeping atomically.
+        ``existing`` maps ``id(change)`` to a dead-letter id being retried.
+
+        A change that fails for a data reason (constraint, range, validation)
+        is isolated by bisection under savepoints and written to the
+        dead-letter table in this same transaction; the rest applies.
         """
         conn = self.conn()
         staged = 0
+        self.dead_letters = []
+        positions = {id(ch): tx.position.encode() for tx in batch.transactions
+                     for ch in tx.changes}
         try:
             with conn.transaction():
                 by_table = batch.changes_by_table()
                 active = [st for name, st in stages.items() if name in by_table]
                 self._prepare(conn, active,
                               [r for st in active for r in rules.get(st.source_name, [])])
-                seq = 0
                 for st in active:
+                    table_rules = rules.get(st.source_name, [])
                     changes = by_table[st.source_name]
-                    rows = stage_rows(changes, st.columns, convs.get(st.source_name), seq)
-                    seq += 2 * len(changes) + 2
-                    staged += len(rows)
-                    cols = sql.SQL(", ").join(
-                        [sql.Identifier(c) for c in st.columns]
-                        + [sql.Identifier("_cdc_seq"), sql.Identifier("_cdc_kind"),
-                           sql.Identifier("_cdc_partial")])
-                    with conn.cursor() as cur:
-                        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
-                                sql.Identifier(st.name), cols)) as cp:
-                            for row in rows:
-                                cp.write_row(row)
-                        for r in rules.get(st.source_name, []):
-                            for stmt in r.statements():
-                                try:
-                                    cur.execute(stmt.encode())
-                                except psycopg.Error as e:
-                                    if isinstance(e, psycopg.OperationalError | _TRANSIENT):
-                                        raise
-                                    raise _rule_error(r, e) from None
+                    staged += self._apply_table(conn, st, changes, table_rules,
+                                                convs.get(st.source_name), positions,
+                                                existing or {})
+                if self.dead_letters:
+                    self._write_dead_letters(conn)
                 if record is not None:
                     record(conn)
                 else:
                     self._write_offset(conn, batch.position, batch.commit_time,
-                                       batch.data_transactions,
-                                       batch.rows)
+                                       batch.data_transactions, batch.rows)
         except psycopg.Error as e:
             self._after_error()
             raise classify(e, self.url) from None
@@ -358,10 +354,190 @@ class PostgresTarget:
             raise
         return staged
 
+    # A batch normally takes the first path only: one COPY, three statements per
+    # rule.  Savepoints and bisection cost nothing until a row fails.
+    def _apply_table(self, conn: psycopg.Connection[Any], st: StageTable,
+                     changes: list[RowChange], table_rules: list[CompiledRule],
+                     convs: list[Converter | None] | None, positions: dict[int, str],
+                     existing: dict[int, int]) -> int:
+        staged = 0
+        if any(r.validations for r in table_rules):
+            changes = self._validate(conn, st, changes, table_rules, convs, positions, existing)
+        try:
+            with conn.transaction():
+                staged = self._stage_and_run(conn, st, changes, table_rules, convs, clear=False)
+            return staged
+        except _RowFailure:
+            pass
+        self._bisect(conn, st, changes, table_rules, convs, positions, existing)
+        return staged
+
+    def _stage_and_run(self, conn: psycopg.Connection[Any], st: StageTable,
+                       changes: list[RowChange], table_rules: list[CompiledRule],
+                       convs: list[Converter | None] | None, clear: bool) -> int:
+        with conn.cursor() as cur:
+            if clear:
+                cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(st.name)))
+                for r in table_rules:
+                    cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(r.result_name)))
+            rows = stage_rows(changes, st.columns, convs)
+            self._copy(cur, st, rows)
+            for r in table_rules:
+                for stmt in r.statements():
+                    try:
+                        cur.execute(stmt.encode())
+                    except psycopg.Error as e:
+                        if isinstance(e, (psycopg.OperationalError, *_TRANSIENT)):
+                            raise
+                        if pg_is_row_error(e.sqlstate):
+                            raise _RowFailure(r, e) from None
+                        raise _rule_error(r, e) from None
+        return len(rows)
+
+    def _copy(self, cur: psycopg.Cursor[Any], st: StageTable, rows: list[tuple[Any, ...]]) -> None:
+        cols = sql.SQL(", ").join(
+            [sql.Identifier(c) for c in st.columns]
+            + [sql.Identifier("_cdc_seq"), sql.Identifier("_cdc_kind"),
+               sql.Identifier("_cdc_partial")])
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
+                sql.Identifier(st.name), cols)) as cp:
+            for row in rows:
+                cp.write_row(row)
+
+    def _bisect(self, conn: psycopg.Connection[Any], st: StageTable, changes: list[RowChange],
+                table_rules: list[CompiledRule], convs: list[Converter | None] | None,
+                positions: dict[int, str], existing: dict[int, int]) -> None:
+        """Apply ``changes`` in source order, halving around failures until each
+        failing change stands alone; those become dead letters."""
+        if len(changes) == 1:
+            try:
+                with conn.transaction():
+                    self._stage_and_run(conn, st, changes, table_rules, convs, clear=True)
+            except _RowFailure as f:
+                ch = changes[0]
+                self.dead_letters.append(DeadLetter(
+                    f.rule.name, ch, positions.get(id(ch)), one_line(_pg_text(f.error)),
+                    existing.get(id(ch))))
+            return
+        mid = len(changes) // 2
+        for half in (changes[:mid], changes[mid:]):
+            try:
+                with conn.transaction():
+                    self._stage_and_run(conn, st, half, table_rules, convs, clear=True)
+            except _RowFailure:
+                self._bisect(conn, st, half, table_rules, convs, positions, existing)
+
+    def _validate(self, conn: psycopg.Connection[Any], st: StageTable, changes: list[RowChange],
+                  table_rules: list[CompiledRule], convs: list[Converter | None] | None,
+                  positions: dict[int, str], existing: dict[int, int]) -> list[RowChange]:
+        """Set aside changes whose new image fails a rule's validation condition."""
+        failed: dict[int, tuple[str, str]] = {}
+        with conn.transaction(force_rollback=True):
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(st.name)))
+                self._copy(cur, st, stage_rows(changes, st.columns, convs))
+                for r in table_rules:
+                    for cond, query in r.validations:
+                        try:
+                            for (seq,) in cur.execute(query.encode()).fetchall():
+                                failed.setdefault((int(seq) - 1) // 2 - 1, (r.name, cond))
+                        except psycopg.Error as e:
+                            if isinstance(e, (psycopg.OperationalError, *_TRANSIENT)):
+                                raise
+                            raise _rule_error(r, e) from None
+        keep = []
+        for i, ch in enumerate(changes):
+            if i in failed:
+                rule, cond = failed[i]
+                self.dead_letters.append(DeadLetter(
+                    rule, ch, positions.get(id(ch)), f"validation failed: {cond}",
+                    existing.get(id(ch))))
+            else:
+                keep.append(ch)
+        return keep
+
+    def _write_dead_letters(self, conn: psycopg.Connection[Any]) -> None:
+        for dl in self.dead_letters:
+            ch = dl.change
+            if dl.existing_id is not None:
+                conn.execute(
+                    "UPDATE cdc.dead_letters SET attempts = attempts + 1, error = %s,"
+                    " last_failed_at = now(), next_retry_at = now() + make_interval("
+                    "secs => %s * power(2, least(attempts, 10))) WHERE id = %s",
+                    (dl.error, self.config.dlq_retry_seconds, dl.existing_id))
+                continue
+            conn.execute(
+                "INSERT INTO cdc.dead_letters (pipeline, rule, source_table, operation,"
+                " position, row_data, error, next_retry_at) VALUES (%s, %s, %s, %s, %s,"
+                " %s::jsonb, %s, now() + make_interval(secs => %s))",
+                (self.pipeline, dl.rule, ch.table, ch.op, dl.position, change_to_json(ch),
+                 dl.error, self.config.dlq_retry_seconds))
+            log.warning("dead letter: rule %s, %s %s at %s: %s", dl.rule, ch.op, ch.table,
+                        dl.position, dl.error)
+
+    # --- dead-letter table ----------------------------------------------------
+    def dead_letter_rows(self, ids: list[int] | None = None, *, due_only: bool = False,
+                         max_attempts: int | None = None) -> list[dict[str, Any]]:
+        conn = self.conn()
+        where = [sql.SQL("pipeline = %s")]
+        params: list[Any] = [self.pipeline]
+        if ids:
+            where.append(sql.SQL("id = ANY(%s)"))
+            params.append(ids)
+        if due_only:
+            where.append(sql.SQL("next_retry_at <= now()"))
+        if max_attempts is not None:
+            where.append(sql.SQL("attempts < %s"))
+            params.append(max_attempts)
+        try:
+            cur = conn.execute(
+                sql.SQL("SELECT id, rule, source_table, operation, position, row_data, error,"
+                        " attempts, first_failed_at, last_failed_at, next_retry_at"
+                        " FROM cdc.dead_letters WHERE {} ORDER BY id").format(
+                    sql.SQL(" AND ").join(where)), params)
+            names = [d.name for d in cur.description or []]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        finally:
+            conn.rollback()
+
+    def drop_dead_letters(self, ids: list[int] | None) -> int:
+        conn = self.conn()
+        with conn.transaction():
+            if ids is None:
+                cur = conn.execute("DELETE FROM cdc.dead_letters WHERE pipeline = %s",
+                                   (self.pipeline,))
+            else:
+                cur = conn.execute("DELETE FROM cdc.dead_letters WHERE pipeline = %s AND"
+                                   " id = ANY(%s)", (self.pipeline, ids))
+            return cur.rowcount
+
+    def delete_dead_letters_in(self, conn: Any, ids: list[int]) -> None:
+        conn.execute("DELETE FROM cdc.dead_letters WHERE pipeline = %s AND id = ANY(%s)",
+                     (self.pipeline, ids))
+
     def _after_error(self) -> None:
         if self._conn is not None and self._conn.closed:
             self._conn = None
             self._prepared.clear()
+
+
+class _RowFailure(Exception):
+    """A rule statement failed for a data reason; the batch is bisected."""
+
+    def __init__(self, rule: CompiledRule, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.rule = rule
+        self.error = error
+
+
+def _pg_text(e: psycopg.Error) -> str:
+    d = e.diag
+    text = (d.message_primary or str(e)).strip()
+    if d.message_detail:
+        text += f" ({d.message_detail.strip()})"
+    if d.constraint_name:
+        text += f" [constraint {d.constraint_name}]"
+    return text
 
 
 def _rule_error(rule: CompiledRule, e: psycopg.Error) -> RuleError:
