@@ -96,8 +96,8 @@ def build_plan(config: Config, source: Catalog, target: Any,
 
 def attach_converters(plan: Plan, config: Config) -> None:
     """Per-column value adapters for the target's driver (see the targets)."""
-    if config.target.kind == "postgresql":
-        from cdc.targets.postgres import converters
-    else:
-        from cdc.targets.mysql import converters  # type: ignore[no-redef]
-    plan.converters = {n: converters(st) for n, st in plan.stages.items()}
+    import importlib
+
+    module = importlib.import_module("cdc.targets.pg_convert" if config.target.kind ==
+                                     "postgresql" else "cdc.targets.mysql")
+    plan.converters = {n: module.converters(st) for n, st in plan.stages.items()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -13,7 +12,6 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from cdc import bookkeeping, catalog
 from cdc.batch import Batch, Converter, stage_rows
@@ -64,42 +62,6 @@ def connect(url: DatabaseUrl, *, timeout: float = 10.0, autocommit: bool = False
     except psycopg.Error as e:
         raise classify(e, url, what) from None
     return conn
-
-
-def _jsonb(v: Any) -> Any:
-    if isinstance(v, dict | list):
-        return Jsonb(v)
-    if isinstance(v, bytes):
-        return Jsonb(json.loads(v))
-    return v
-
-
-def _set_text(v: Any) -> Any:
-    if isinstance(v, set | frozenset):
-        return ",".join(sorted(v))
-    return v
-
-
-def _bits(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return int.from_bytes(v, "big")
-    if isinstance(v, str):
-        return int(v, 2)
-    return v
-
-
-def converters(stage: StageTable) -> list[Converter | None]:
-    out: list[Converter | None] = []
-    for col, t in zip(stage.source.columns, stage.types, strict=True):
-        if t == "jsonb":
-            out.append(_jsonb)
-        elif col.base_type == "set":
-            out.append(_set_text)
-        elif col.base_type == "bit":
-            out.append(_bits)
-        else:
-            out.append(None)
-    return out
 
 
 class PostgresTarget:
