@@ -207,6 +207,8 @@ def run(config_path: str) -> None:
     """Stream changes, transform them by the rules and apply them (foreground).
 
     SIGTERM or SIGINT finishes the current batch, commits it and exits 0.
+    SIGHUP re-reads the config and rules; a new set that fails validation is
+    logged and the running one carries on.
     Transient failures (lost connections, restarts, deadlocks) are retried with
     backoff; terminal ones (bad password, purged binlog, broken rule) exit 3.
     """
@@ -215,15 +217,20 @@ def run(config_path: str) -> None:
 
     cfg = _config(config_path)
     stop = threading.Event()
+    reload = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s: finishing the current batch", signal.Signals(signum).name)
         stop.set()
 
+    def on_hup(_signum: int, _frame: Any) -> None:
+        reload.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     try:
-        run_pipeline(cfg, stop, Hooks())
+        run_pipeline(cfg, stop, Hooks(), reload)
     except TransientError as e:
         _fail(e, 4)
     except CdcError as e:

@@ -42,13 +42,19 @@ class Hooks:
     error: Callable[[CdcError], None] | None = None
 
 
-def run(config: Config, stop: threading.Event, hooks: Hooks | None = None) -> None:
+def run(config: Config, stop: threading.Event, hooks: Hooks | None = None,
+        reload: threading.Event | None = None) -> None:
     """Run until ``stop`` is set; retry transient failures with backoff and jitter.
 
     One log line per incident (and a reminder every tenth attempt), not one per
     attempt: a DBA reading the journal should see what happened, not noise.
+
+    Setting ``reload`` (SIGHUP) re-reads the config file and rules; a new set
+    that fails validation against the live schemas is logged and ignored, and
+    the running one carries on.  A valid one takes over after the current batch.
     """
     hooks = hooks or Hooks()
+    reload = reload or threading.Event()
     state = {"delay": config.retry_initial_seconds, "since": 0.0, "attempts": 0}
 
     def recovered() -> None:
@@ -59,7 +65,13 @@ def run(config: Config, stop: threading.Event, hooks: Hooks | None = None) -> No
 
     while not stop.is_set():
         try:
-            Runner(config, stop, hooks, on_streaming=recovered).run()
+            runner = Runner(config, stop, hooks, on_streaming=recovered, reload=reload)
+            runner.run()
+            if runner.reloaded is not None:
+                config = runner.reloaded
+                log.info("reloaded %s: %d rule files", config.path,
+                         len(list(config.rules_dir.glob("*.sql"))))
+                continue
             return
         except TransientError as e:
             if hooks.error:
@@ -85,12 +97,45 @@ class Runner:
     """One connected run: from connecting to a clean stop or an error."""
 
     def __init__(self, config: Config, stop: threading.Event, hooks: Hooks,
-                 on_streaming: Callable[[], None] = _noop) -> None:
+                 on_streaming: Callable[[], None] = _noop,
+                 reload: threading.Event | None = None) -> None:
         self.config = config
         self.stop = stop
         self.hooks = hooks
         self.on_streaming = on_streaming
         self.reader: Any = None
+        self.reload = reload or threading.Event()
+        self.reloaded: Config | None = None
+
+    def _try_reload(self) -> bool:
+        """Validate the config file and rules as they are now; True to switch."""
+        from cdc.config import load
+
+        self.reload.clear()
+        log.info("reload requested: validating %s", self.config.path)
+        try:
+            new = load(self.config.path)
+            if new.pipeline != self.config.pipeline or new.source != self.config.source \
+                    or new.target != self.config.target:
+                raise TerminalError("a reload may change rules and options, not the pipeline "
+                                    "name or the databases; restart the service for that")
+            from cdc.plan import parse_rules
+
+            rules = parse_rules(new)
+            source = open_source(new, sorted({r.source.name for r in rules}))
+            target = open_target(new)
+            try:
+                plan = build_plan(new, source, target, rules)
+                for c in plan.rules:
+                    target.check_rules(list(plan.stages.values()), [c])
+            finally:
+                source.close()
+                target.close()
+        except CdcError as e:
+            log.error("reload rejected, the running rules stay: %s", e)
+            return False
+        self.reloaded = new
+        return True
 
     def run(self) -> None:
         cfg = self.config
@@ -141,6 +186,8 @@ class Runner:
         pending_error: BaseException | None = None
         try:
             while not self.stop.is_set():
+                if self.reload.is_set() and self._try_reload():
+                    break
                 batch, pending_error, ended = self._collect()
                 if batch.transactions:
                     t0 = time.perf_counter()
@@ -178,7 +225,7 @@ class Runner:
                                           f"{rate:.0f} rows/s")
         finally:
             reader.stop()
-        if self.stop.is_set():
+        if self.stop.is_set() and self.reloaded is None:
             try:
                 target.write_status("stopped")
             except CdcError:

@@ -10,7 +10,6 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from pipeline_helpers import (
     DaemonProcess,
     PipelineThread,
@@ -20,6 +19,7 @@ from pipeline_helpers import (
     wait_caught_up,
     write_pipeline,
 )
+
 from cdc.config import load
 
 ITEMS_MYSQL = """
@@ -252,3 +252,39 @@ def test_sigterm_commits_and_exits_zero(tmp_path: Path, mysql_db: Any, pg_db: An
                 "dead_letters"):
         assert key in report
     assert report["state"] == "stopped"
+
+
+def test_sighup_reload_keeps_old_rules_when_new_ones_are_broken(tmp_path: Path, mysql_db: Any,
+                                                                pg_db: Any) -> None:
+    import signal as sig
+
+    cfg = items_pipeline(tmp_path, mysql_db, pg_db)
+    log = tmp_path / "run.log"
+    daemon = DaemonProcess(cfg, log)
+    daemon.start()
+    try:
+        mysql_db.execute("INSERT INTO items VALUES (1,'a',1,1,1,NULL)")
+        wait_caught_up(load(cfg), timeout=60)
+        rule = tmp_path / "rules" / "items.sql"
+        good = rule.read_text()
+        rule.write_text(good.replace("i.qty,", "i.qtty,"))  # broken: no such column
+        assert daemon.proc is not None
+        daemon.proc.send_signal(sig.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reload rejected" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "reload rejected, the running rules stay" in log.read_text()
+        assert "no column 'qtty'" in log.read_text()
+        mysql_db.execute("INSERT INTO items VALUES (2,'b',1,1,1,NULL)")
+        wait_caught_up(load(cfg), timeout=60)
+        assert_items_equal(mysql_db, pg_db)
+        # A good new rule set takes over.
+        rule.write_text(good.replace("UPPER(i.name)", "LOWER(i.name)"))
+        daemon.proc.send_signal(sig.SIGHUP)
+        while "reloaded" not in log.read_text() and time.monotonic() < deadline + 30:
+            time.sleep(0.1)
+        mysql_db.execute("INSERT INTO items VALUES (3,'MiXeD',1,1,1,NULL)")
+        wait_caught_up(load(cfg), timeout=60)
+        assert pg_db.query("SELECT name FROM t_items WHERE item_key = 'K3'") == [("mixed",)]
+    finally:
+        assert daemon.terminate() == 0, log.read_text()[-2000:]

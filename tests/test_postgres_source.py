@@ -542,3 +542,39 @@ def test_connection_lost_while_streaming(pg_db: PostgresDatabase, make_source: A
     s.thread.join(5)
     assert isinstance(s.error, ConnectionLost) and s.error.transient
 
+
+
+def test_renamed_source_table_stops_the_stream(pg_db: PostgresDatabase, make_source: Any,
+                                               streams: list[Streamer]) -> None:
+    pg_db.execute("CREATE TABLE a (id int PRIMARY KEY)")
+    src = make_source(["a"])
+    src.setup()
+    s = start(streams, src)
+    sync_commit(pg_db, "INSERT INTO a VALUES (1)")
+    s.get()
+    sync_commit(pg_db, "ALTER TABLE a RENAME TO b; INSERT INTO b VALUES (2)")
+    with pytest.raises(SourceError) as e:
+        s.get()
+    assert "renamed to b" in str(e.value) and e.value.fix is not None
+
+
+def test_replication_origin_is_reported(pg_db: PostgresDatabase, make_source: Any,
+                                        streams: list[Streamer]) -> None:
+    pg_db.execute("CREATE TABLE a (id int PRIMARY KEY)")
+    src = make_source(["a"])
+    src.setup()
+    s = start(streams, src)
+    name = f"o_{pg_db.name}"
+    with pg_db.connect() as c:
+        c.execute("SET synchronous_commit = on")
+        c.execute("SELECT pg_replication_origin_create(%s)", (name,))
+        try:
+            c.execute("SELECT pg_replication_origin_session_setup(%s)", (name,))
+            c.execute("INSERT INTO a VALUES (1)")
+            c.execute("SELECT pg_replication_origin_session_reset()")
+            c.execute("INSERT INTO a VALUES (2)")
+        finally:
+            c.execute("SELECT pg_replication_origin_drop(%s)", (name,))
+    t1, t2 = s.get(), s.get()
+    assert t1.extra == {"origin": name} and t2.extra == {}
+    s.close()

@@ -41,6 +41,7 @@ from cdc.sources.pgoutput import (
     Delete,
     Insert,
     Message,
+    Origin,
     ProtocolError,
     Relation,
     RelationInfo,
@@ -486,9 +487,10 @@ class PostgresSource:
         connection breaks; the supervisor resumes from the target's offset.
         """
         resume = self.preflight(start)
+        oids = {oid: name for name, oid in self._table_oids().items()}
         repl = self._connect(replication="database")
         try:
-            yield from self._stream(repl, start, resume, stop)
+            yield from self._stream(repl, start, resume, stop, oids)
         finally:
             try:
                 repl.close()
@@ -521,7 +523,7 @@ class PostgresSource:
                                           f"{_first_line(str(e))}")) from None
 
     def _stream(self, repl: psycopg.Connection[Any], start: Lsn | None, resume: Lsn,
-                stop: threading.Event) -> Iterator[Transaction]:
+                stop: threading.Event, oids: dict[int, str]) -> Iterator[Transaction]:
         self._start(repl, start)
         log.info("streaming slot %s from %s", self.slot, resume)
         pgconn = repl.pgconn
@@ -533,6 +535,7 @@ class PostgresSource:
         changes: list[RowChange] | None = None  # None: no transaction open
         truncated: list[str] = []
         heartbeat_msg = False
+        origin: str | None = None
         last_pos = resume.value  # highest safe resume point seen
         server_end = 0  # sentPtr from the latest keepalive
         last_yield = time.monotonic()
@@ -607,11 +610,13 @@ class PostgresSource:
                         else:
                             changes.append(_delete(decoder, info, msg))
                 elif isinstance(msg, Begin):
-                    changes, truncated, heartbeat_msg = [], [], False
+                    changes, truncated, heartbeat_msg, origin = [], [], False, None
                 elif isinstance(msg, Commit):
                     last_pos = max(last_pos, msg.end_lsn)
                     if changes or truncated:
                         extra: dict[str, Any] = {"truncate": truncated} if truncated else {}
+                        if origin is not None:
+                            extra["origin"] = origin
                         last_yield = now
                         yield Transaction(changes or [], Lsn(msg.end_lsn), msg.commit_time,
                                           extra=extra)
@@ -621,7 +626,19 @@ class PostgresSource:
                                           heartbeat=True)
                     changes = None
                 elif isinstance(msg, Relation):
+                    was = oids.get(msg.oid)
+                    if was is not None and was != msg.qualified_name:
+                        # Its changes would no longer match any rule: stop, don't drop them.
+                        raise SourceError(
+                            f"{self._where}: source table {was} was renamed to "
+                            f"{msg.qualified_name}",
+                            fix="rename it back, or update the rules and the config, then "
+                                "run `cdc setup`")
                     self._resolve_types(decoder, msg)
+                elif isinstance(msg, Origin):
+                    # Set when the writer used a replication origin (e.g. the
+                    # reverse pipeline): lets a bidirectional setup skip its echoes.
+                    origin = msg.name
                 elif isinstance(msg, Truncate):
                     for oid in msg.relation_oids:
                         name = decoder.relation(oid).table
@@ -633,7 +650,7 @@ class PostgresSource:
                 elif isinstance(msg, StreamStart | StreamStop | StreamCommit | StreamAbort):
                     raise ProtocolError("pgoutput: streamed transaction received although "
                                         "streaming was not requested")
-                # Origin and Type messages need no action.
+                # Type messages need no action: the decoder keeps them.
                 if (now - last_status >= self.status_interval
                         or (self._acked_value() != sent_ack
                             and now - last_status >= _ACK_MIN_INTERVAL)):
