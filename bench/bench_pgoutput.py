@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cdc.events import RowChange  # noqa: E402
 from cdc.sources import pgoutput  # noqa: E402
 from cdc.sources.pgoutput import Decoder, Delete, Insert, Update  # noqa: E402
-from cdc.sources.postgres import _delete, _update  # noqa: E402
 
 BATCH = 1000
 
@@ -84,13 +83,9 @@ def decode_values(payloads: list[bytes]) -> int:
     out: list[RowChange] = []
     for p in payloads:
         msg = dec.decode(p)
-        if isinstance(msg, Insert):
-            info = dec.relation(msg.relation_oid)
-            out.append(RowChange(info.table, "I", None, dec.row(info, msg.new)))
-        elif isinstance(msg, Update):
-            out.append(_update(dec, dec.relation(msg.relation_oid), msg))
-        elif isinstance(msg, Delete):
-            out.append(_delete(dec, dec.relation(msg.relation_oid), msg))
+        if isinstance(msg, Insert | Update | Delete):
+            # What the streaming source does per data message.
+            out.append(dec.row_change(dec.relation(msg.relation_oid), msg))
     return len(out)
 
 

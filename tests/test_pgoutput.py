@@ -386,3 +386,32 @@ def test_change_before_relation_and_column_mismatch() -> None:
     dec.decode(_relation_bytes(5, [(1, "id", 23)]))
     with pytest.raises(ProtocolError, match="columns"):
         dec.row(dec.relation(5), (b"1", b"2"))
+
+
+def test_row_changes_and_before_images() -> None:
+    dec, msgs, _, _ = decode_all("types")
+    changes = [dec.row_change(dec.relation(m.relation_oid), m) for m in msgs
+               if isinstance(m, Insert | Update | Delete)]
+    assert [(c.table, c.op, c.before, c.partial_before) for c in changes] == [
+        ("typed", "I", None, False), ("typed", "I", None, False),
+        ("typed", "U", {"id": 1}, True),  # key unchanged: taken from the new row
+        ("typed", "U", {"id": 2}, True),  # key changed: the old key tuple
+        ("typed", "D", {"id": 3}, True)]
+    assert changes[2].after is not None and changes[2].after["name"] == "renamed"
+    assert changes[4].after is None
+
+    dec, msgs, _, _ = decode_all("full")
+    changes = [dec.row_change(dec.relation(m.relation_oid), m) for m in msgs
+               if isinstance(m, Insert | Update | Delete)]
+    assert [(c.table, c.op, c.before, c.partial_before) for c in changes] == [
+        ("full_t", "U", {"id": 1, "v": "one", "n": 10}, False),
+        ("default_t", "U", {"a": 1, "b": "x"}, True),
+        ("full_t", "U", {"id": 1, "v": "one", "n": 11}, False),
+        ("full_t", "D", {"id": 1, "v": None, "n": 11}, False),
+        ("default_t", "D", {"a": 1, "b": "x"}, True)]
+
+    dec, msgs, _, _ = decode_all("toast")
+    upd = dec.row_change(dec.relation(msgs[5].relation_oid), msgs[5])
+    assert (upd.before, upd.after, upd.partial_before) == (
+        {"id": 1}, {"id": 1, "big": UNCHANGED, "n": 2}, True)
+    assert type(msgs[5].new) is pgoutput.TupleWithUnchanged

@@ -41,3 +41,16 @@ def test_batch_keeps_transactions_whole() -> None:
     assert b.rows == 4 and len(b) == 2
     assert b.position == BinlogPosition("f.1", 20)
     assert {k: len(v) for k, v in b.changes_by_table().items()} == {"a": 3, "b": 1}
+
+
+def test_decoder_wire_format_round_trips() -> None:
+    from cdc.reader import pack, unpack
+
+    tx = Transaction([
+        RowChange("t", "I", None, {"a": 1, "b": "中文"}),
+        RowChange("t", "U", {"a": 1, "b": "x"}, {"a": 3, "b": None}),
+        RowChange("u", "D", {"x": 1}, None, partial_before=True),
+        RowChange("t", "I", None, {"a": 1}),  # a narrower image (after a DDL)
+        RowChange("t", "U", {"a": 1}, {"a": 3, "b": 4}, partial_before=True),
+    ], BinlogPosition("f.000001", 5), heartbeat=False)
+    assert unpack(pack(tx)) == tx

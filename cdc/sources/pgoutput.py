@@ -25,7 +25,7 @@ from psycopg.adapt import AdaptersMap
 from psycopg.pq import Format
 
 from cdc.errors import SourceError
-from cdc.events import UNCHANGED
+from cdc.events import UNCHANGED, RowChange
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -465,6 +465,36 @@ class Decoder:
                 pass
         return dict(zip(info.names, [_load_one(load, v) for load, v in
                                      zip(info.loaders, values, strict=False)], strict=False))
+
+    def row_change(self, info: RelationInfo, msg: Insert | Update | Delete) -> RowChange:
+        """The ``RowChange`` for one data message of ``info``'s table.
+
+        ``before`` is the whole old row only under REPLICA IDENTITY FULL; else
+        it holds the replica identity columns (from the old key tuple when the
+        key changed, from the new row when it did not) and ``partial_before``
+        says so.
+        """
+        if type(msg) is Insert:
+            return RowChange(info.table, "I", None, self.row(info, msg.new))
+        if isinstance(msg, Update):
+            after = self.row(info, msg.new)
+            if msg.old_kind == "O" and msg.old is not None:
+                return RowChange(info.table, "U", self.row(info, msg.old), after,
+                                 partial_before=type(msg.old) is not tuple)
+            if msg.old_kind == "K" and msg.old is not None:
+                before = self.key_row(info, msg.old)
+            else:
+                before = {k: after[k] for k in info.key_names}
+            return RowChange(info.table, "U", before, after,
+                             partial_before=len(before) != len(info.names))
+        if isinstance(msg, Delete):
+            if msg.old_kind == "O":
+                return RowChange(info.table, "D", self.row(info, msg.old), None,
+                                 partial_before=type(msg.old) is not tuple)
+            before = self.key_row(info, msg.old)
+            return RowChange(info.table, "D", before, None,
+                             partial_before=len(before) != len(info.names))
+        raise TypeError(f"not a row change message: {msg!r}")
 
     def key_row(self, info: RelationInfo, values: TupleData) -> dict[str, Any]:
         """Only the replica identity columns of a tuple (a 'K' old tuple, or a new image)."""

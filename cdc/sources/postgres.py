@@ -32,7 +32,7 @@ from psycopg.pq import DiagnosticField, ExecStatus
 from cdc import catalog
 from cdc.catalog import TableSchema, split_name
 from cdc.errors import CdcError, ConnectionLost, SourceError
-from cdc.events import UNCHANGED, RowChange, Transaction
+from cdc.events import RowChange, Transaction
 from cdc.positions import Lsn
 from cdc.sources.pgoutput import (
     Begin,
@@ -44,7 +44,6 @@ from cdc.sources.pgoutput import (
     Origin,
     ProtocolError,
     Relation,
-    RelationInfo,
     StreamAbort,
     StreamCommit,
     StreamStart,
@@ -602,13 +601,7 @@ class PostgresSource:
                     if changes is None:
                         raise ProtocolError("pgoutput: row change outside a transaction")
                     if info.table in tables:
-                        if isinstance(msg, Insert):
-                            changes.append(RowChange(info.table, "I", None,
-                                                     decoder.row(info, msg.new)))
-                        elif isinstance(msg, Update):
-                            changes.append(_update(decoder, info, msg))
-                        else:
-                            changes.append(_delete(decoder, info, msg))
+                        changes.append(decoder.row_change(info, msg))
                 elif isinstance(msg, Begin):
                     changes, truncated, heartbeat_msg, origin = [], [], False, None
                 elif isinstance(msg, Commit):
@@ -710,31 +703,6 @@ class PostgresSource:
 
 
 _TEXT_ARRAY = 1009
-
-
-def _update(decoder: Decoder, info: RelationInfo, msg: Update) -> RowChange:
-    after = decoder.row(info, msg.new)
-    if msg.old_kind == "O" and msg.old is not None:
-        before = decoder.row(info, msg.old)
-        return RowChange(info.table, "U", before, after,
-                         partial_before=any(v is UNCHANGED for v in before.values()))
-    if msg.old_kind == "K" and msg.old is not None:
-        before = decoder.key_row(info, msg.old)
-    else:
-        # Key unchanged (REPLICA IDENTITY DEFAULT/INDEX): the new image has it.
-        before = {k: after[k] for k in info.key_names}
-    return RowChange(info.table, "U", before, after,
-                     partial_before=len(before) != len(info.names))
-
-
-def _delete(decoder: Decoder, info: RelationInfo, msg: Delete) -> RowChange:
-    if msg.old_kind == "O":
-        before = decoder.row(info, msg.old)
-        partial = any(v is UNCHANGED for v in before.values())
-    else:
-        before = decoder.key_row(info, msg.old)
-        partial = len(before) != len(info.names)
-    return RowChange(info.table, "D", before, None, partial_before=partial)
 
 
 def _display(schema: str, name: str) -> str:
