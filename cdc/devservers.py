@@ -252,6 +252,8 @@ class DevServer:
 
         With ``die_with_parent`` the kernel stops the server when this process exits,
         even on SIGKILL (used by the test suite so crashed runs leave nothing behind).
+        Linux ties this to the calling *thread*: call it from a thread that outlives
+        the server (the main thread), not from a short-lived worker thread.
         """
         self._prepare()
         if self._adopt_running():
@@ -867,7 +869,6 @@ class MariaDBServer(DevServer):
             "--max-connections=500",
             "--performance-schema=OFF",
             "--innodb-buffer-pool-size=64M",
-            "--innodb-log-file-size=48M",
             "--innodb-doublewrite=0",
             "--innodb-buffer-pool-dump-at-shutdown=0",
             "--innodb-buffer-pool-load-at-startup=0",
@@ -937,7 +938,7 @@ class MariaDBServer(DevServer):
         )
 
     def _ping(self) -> None:
-        conn = self.connect(connect_timeout=2)
+        conn = self.connect(connect_timeout=2, read_timeout=2, write_timeout=2)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")

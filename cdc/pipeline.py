@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from cdc import dlq
@@ -26,6 +27,7 @@ from cdc.plan import Plan, attach_converters, build_plan
 from cdc.reader import END, ProcessReader, ThreadReader
 from cdc.sources import open_source
 from cdc.targets import open_target
+from cdc.toast import fill_unchanged
 
 log = logging.getLogger("cdc.pipeline")
 
@@ -190,6 +192,12 @@ class Runner:
                     break
                 batch, pending_error, ended = self._collect()
                 if batch.transactions:
+                    if cfg.source.kind == "postgresql":
+                        fill_unchanged(batch, plan, cfg, source)
+                    last = batch.transactions[-1]
+                    if last.heartbeat and last.commit_time is None:
+                        # Idle is not lag: nothing was pending at this moment.
+                        last.commit_time = datetime.now(UTC)
                     t0 = time.perf_counter()
                     staged = target.apply(batch, plan.stages, plan.by_table, plan.converters)
                     elapsed = time.perf_counter() - t0

@@ -365,7 +365,7 @@ def _relation(buf: bytes, pos: int, xid: int | None) -> Relation:
 # --- values -------------------------------------------------------------------
 
 _TEXT_OID = postgres.types["text"].oid
-_TEXT_ARRAY_OID = postgres.types["text"].array_oid
+TEXT_ARRAY_OID = postgres.types["text"].array_oid
 
 
 @dataclass(slots=True)
@@ -452,7 +452,11 @@ class Decoder:
 
     # --- values ---------------------------------------------------------------
     def row(self, info: RelationInfo, values: TupleData) -> dict[str, Any]:
-        """Convert a tuple of ``info``'s relation to column name -> Python value."""
+        """Convert a tuple of ``info``'s relation to column name -> Python value.
+
+        Expects text-format values (the source never asks for ``binary``);
+        None and UNCHANGED pass through as they are.
+        """
         if len(values) != len(info.names):
             raise ProtocolError(
                 f"pgoutput: {info.table} row has {len(values)} columns, its Relation message "
@@ -461,7 +465,7 @@ class Decoder:
             try:
                 # Lengths were checked above; a strict= keyword costs ~50% here.
                 return dict(zip(info.names, info.load_row(values)))  # noqa: B905
-            except Exception:  # noqa: S110 - retried column by column below
+            except Exception:  # one bad value: retried column by column below
                 pass
         return dict(zip(info.names, [_load_one(load, v) for load, v in
                                      zip(info.loaders, values, strict=False)], strict=False))

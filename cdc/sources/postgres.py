@@ -35,6 +35,7 @@ from cdc.errors import CdcError, ConnectionLost, SourceError
 from cdc.events import RowChange, Transaction
 from cdc.positions import Lsn
 from cdc.sources.pgoutput import (
+    TEXT_ARRAY_OID,
     Begin,
     Commit,
     Decoder,
@@ -353,7 +354,7 @@ class PostgresSource:
                 raise SourceError(f"{self._where}: table {t} does not exist on the source",
                                   fix="create it, or remove the rules that read it")
             oid, ident, has_key = rows[0]
-            ident = catalog._s(ident)
+            ident = _text(ident)
             if ident == "n" or (ident == "d" and not has_key):
                 # Publishing it would make every UPDATE/DELETE on it fail on the source.
                 raise SourceError(
@@ -691,18 +692,16 @@ class PostgresSource:
             " LEFT JOIN pg_type be ON be.oid = e.typbasetype"
             " ORDER BY b.oid, b.depth DESC", (unknown,), doing="reading column types")
         for oid, base, category, elem, elem_base, elem_base_array in rows:
-            if catalog._s(category) == "A" and elem:
+            if _text(category) == "A" and elem:
                 if elem_base and elem_base_array:
                     decoder.alias_type(oid, elem_base_array)  # array of a domain
                 elif not decoder.has_loader(elem):
-                    decoder.alias_type(oid, _TEXT_ARRAY)  # array of enums etc.: list of str
+                    decoder.alias_type(oid, TEXT_ARRAY_OID)  # array of enums etc.: list of str
                 else:
                     decoder.alias_type(oid, base)
             elif base != oid:
                 decoder.alias_type(oid, base)
 
-
-_TEXT_ARRAY = 1009
 
 
 def _display(schema: str, name: str) -> str:
@@ -719,6 +718,11 @@ def _quote_qualified(schema: str, name: str) -> str:
     if schema == "public":
         return _quote_ident(name)
     return f"{_quote_ident(schema)}.{_quote_ident(name)}"
+
+
+def _text(v: Any) -> str:
+    # "char" columns (relreplident, typcategory) arrive as bytes or str by driver version.
+    return v.decode() if isinstance(v, bytes | bytearray) else str(v)
 
 
 def _first_line(text: str) -> str:
