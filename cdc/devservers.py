@@ -184,6 +184,23 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _collect_orphaned_run_dirs() -> None:
+    """Delete /tmp/cdc-devservers-* dirs whose basedir is gone and no process uses."""
+    for root in Path(tempfile.gettempdir()).glob("cdc-devservers-*"):
+        try:
+            owner = (root / "owner").read_text().strip()
+        except OSError:
+            continue
+        if not owner or Path(owner).exists():
+            continue
+        needle = str(root) + "/"
+        if any(
+            needle in _cmdline(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()
+        ):
+            continue
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- base class
 
 
@@ -355,11 +372,19 @@ class DevServer:
         if os.geteuid() == 0:
             user = _ensure_os_user()
             self._uid, self._gid = user.pw_uid, user.pw_gid
+            _collect_orphaned_run_dirs()
             if not self._reachable(self.state_dir):
+                # e.g. a fresh tempfile.mkdtemp() (0700): let others traverse (not list) it
+                st = self.basedir.stat()
+                if st.st_uid == os.geteuid() and not st.st_mode & 0o001:
+                    os.chmod(self.basedir, (st.st_mode & 0o7777) | 0o001)
+            if not self._reachable(self.state_dir):
+                # a parent is closed (/root, /tmp/pytest-of-root): keep the data in /tmp
                 self.run_dir = self._fallback_run_dir()
                 root = self.run_dir.parent
                 root.mkdir(mode=0o755, exist_ok=True)
                 os.chmod(root, 0o755)
+                (root / "owner").write_text(str(self.basedir) + "\n")
                 self.run_dir.mkdir(exist_ok=True)
                 if not self._reachable(self.run_dir):
                     raise DevServerError(f"{self.run_dir} is not reachable by {SERVER_OS_USER}")

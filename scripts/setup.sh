@@ -27,7 +27,7 @@ pg_server_present() {
 
 missing=()
 { [ -x /usr/sbin/mariadbd ] || have mariadbd; } && have mariadb-install-db || missing+=(mariadb-server)
-have mariadb || missing+=(mariadb-client)
+{ have mariadb && { have mariadb-tzinfo-to-sql || have mysql_tzinfo_to_sql; }; } || missing+=(mariadb-client)
 pg_server_present || missing+=(postgresql)
 have psql || missing+=(postgresql-client)
 have pgloader || missing+=(pgloader)
@@ -54,7 +54,8 @@ PY
 
 # ---- the package itself, with the dev extra --------------------------------------
 stamp_dir="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/cdc-setup"
-stamp="$stamp_dir/$(printf '%s|%s' "$ROOT" "$(command -v "$PYTHON")" | sha1sum | cut -c1-16)"
+pyexe="$("$PYTHON" -c 'import sys; print(sys.executable)')"
+stamp="$stamp_dir/$(printf '%s|%s' "$ROOT" "$pyexe" | sha1sum | cut -c1-16)"
 want="$(sha1sum pyproject.toml | cut -c1-40)"
 installed_here() {
     # cdc importable from this checkout, and the dev tools present
