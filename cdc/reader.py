@@ -80,23 +80,21 @@ def _die_with_parent() -> None:
 
 def pack(tx: Transaction) -> tuple[Any, ...]:
     """A Transaction as plain tuples: pickling dataclasses and per-row dict keys
-    cost the decoder process ~10% of its time; column names go once per table."""
+    cost the decoder process ~10% of its time; column names go once per table.
+    Everything per row here runs at C speed (dict views, tuple compares)."""
     cols: dict[str, tuple[str, ...]] = {}
     rows = []
     for ch in tx.changes:
         img = ch.after if ch.after is not None else ch.before
-        names = tuple(img or ())
+        names = tuple(img) if img is not None else ()
         known = cols.setdefault(ch.table, names)
         own = None if known == names else names
-
-        def vals(image: dict[str, Any] | None, names: tuple[str, ...] = names) -> Any:
-            if image is None:
-                return None
-            if len(image) != len(names) or any(n not in image for n in names):
-                return dict(image)  # a partial before image keeps its own keys
-            return tuple(image[n] for n in names)
-
-        rows.append((ch.table, ch.op, vals(ch.before), vals(ch.after), ch.partial_before, own))
+        before: Any = ch.before
+        if before is not None:
+            # A partial before image (key columns only) keeps its own keys.
+            before = tuple(before.values()) if tuple(before) == names else dict(before)
+        after = tuple(ch.after.values()) if ch.after is not None else None
+        rows.append((ch.table, ch.op, before, after, ch.partial_before, own))
     return (tx.position, tx.commit_time, tx.heartbeat, tx.extra, cols, rows)
 
 
