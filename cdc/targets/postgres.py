@@ -291,6 +291,11 @@ class PostgresTarget:
                      for ch in tx.changes}
         try:
             with conn.transaction():
+                if record is None:
+                    # First, before touching data: a running snapshot chunk holds
+                    # this row FOR SHARE while it reads and applies (cdc/snapshot.py).
+                    conn.execute("SELECT 1 FROM cdc.offsets WHERE pipeline = %s FOR UPDATE",
+                                 (self.pipeline,))
                 by_table = batch.changes_by_table()
                 active = [st for name, st in stages.items() if name in by_table]
                 self._prepare(conn, active,
@@ -436,6 +441,55 @@ class PostgresTarget:
                  dl.error, self.config.dlq_retry_seconds))
             log.warning("dead letter: rule %s, %s %s at %s: %s", dl.rule, ch.op, ch.table,
                         dl.position, dl.error)
+
+    # --- snapshot progress ------------------------------------------------------
+    def lock_offset_shared(self, conn: Any) -> None:
+        conn.execute("SELECT 1 FROM cdc.offsets WHERE pipeline = %s FOR SHARE", (self.pipeline,))
+
+    def snapshot_state(self, table: str) -> dict[str, Any] | None:
+        conn = self.conn()
+        try:
+            cur = conn.execute(
+                "SELECT state, where_clause, last_key, rows_done, rows_estimated, chunks_done"
+                " FROM cdc.snapshot_tables WHERE pipeline = %s AND table_name = %s",
+                (self.pipeline, table))
+            row = cur.fetchone()
+            names = [d.name for d in cur.description or []]
+        finally:
+            conn.rollback()
+        return dict(zip(names, row, strict=True)) if row else None
+
+    def snapshot_begin(self, table: str, where: str | None, estimated: int | None,
+                       truncate: list[str]) -> None:
+        conn = self.conn()
+        with conn.transaction():
+            for t in truncate:
+                conn.execute(sql.SQL("DELETE FROM {}").format(
+                    sql.Identifier(*t.split(".", 1))))
+            conn.execute(
+                "INSERT INTO cdc.snapshot_tables AS s (pipeline, table_name, state, where_clause,"
+                " last_key, rows_done, rows_estimated, chunks_done, started_at, finished_at)"
+                " VALUES (%s, %s, 'copying', %s, NULL, 0, %s, 0, now(), NULL)"
+                " ON CONFLICT (pipeline, table_name) DO UPDATE SET state = 'copying',"
+                " where_clause = EXCLUDED.where_clause, last_key = NULL, rows_done = 0,"
+                " rows_estimated = EXCLUDED.rows_estimated, chunks_done = 0,"
+                " started_at = now(), finished_at = NULL",
+                (self.pipeline, table, where, estimated))
+            conn.execute(
+                "INSERT INTO cdc.status AS s (pipeline, state, updated_at)"
+                " VALUES (%s, 'snapshotting', now()) ON CONFLICT (pipeline) DO UPDATE SET"
+                " state = CASE WHEN s.state = 'streaming' AND s.updated_at > now() - interval"
+                " '60 seconds' THEN s.state ELSE 'snapshotting' END, updated_at = now()",
+                (self.pipeline,))
+
+    def snapshot_chunk(self, conn: Any, table: str, last_key: str, rows: int) -> None:
+        conn.execute("UPDATE cdc.snapshot_tables SET last_key = %s, rows_done = rows_done + %s,"
+                     " chunks_done = chunks_done + 1 WHERE pipeline = %s AND table_name = %s",
+                     (last_key, rows, self.pipeline, table))
+
+    def snapshot_finish(self, conn: Any, table: str) -> None:
+        conn.execute("UPDATE cdc.snapshot_tables SET state = 'done', finished_at = now()"
+                     " WHERE pipeline = %s AND table_name = %s", (self.pipeline, table))
 
     # --- dead-letter table ----------------------------------------------------
     def dead_letter_rows(self, ids: list[int] | None = None, *, due_only: bool = False,

@@ -1,0 +1,328 @@
+"""Bootstrap target tables from a full read of the source, then hand over.
+
+Algorithm (docs/snapshot.md has the argument in full):
+
+* The pipeline's offset row in the target is the hand-over point.  For a new
+  pipeline it is created *before* the first chunk at the source's current
+  position (MySQL) or the slot's position (PostgreSQL), so streaming later
+  replays everything that happened during the copy.
+* Each table is read in primary-key order by keyset pagination, one chunk per
+  target transaction.  That transaction first takes a SHARE lock on the
+  pipeline's offset row, *then* reads the chunk from the source, applies it
+  through the same staging tables and rule SQL as streaming, and records the
+  chunk's progress.  `cdc run` takes the same row FOR UPDATE at the start of
+  each batch, so while a chunk is read and applied no batch commits: every
+  change the stream applies after the chunk is newer than the chunk's read,
+  every change applied before it is older.  Upserts are idempotent, so
+  replaying older changes over newer rows only delays convergence; the last
+  change of each row is always applied last.  Nothing is lost.
+* Progress (last key, rows, chunks) commits with each chunk: a killed snapshot
+  resumes after the last committed chunk.
+
+No source locks are taken: each chunk is a plain short read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlglot
+from sqlglot.errors import ParseError, TokenError
+
+from cdc.batch import Batch
+from cdc.config import Config
+from cdc.deadletter import image_from_json, image_to_json
+from cdc.errors import CdcError, ConfigError, TerminalError
+from cdc.events import RowChange, Transaction
+from cdc.plan import Plan, attach_converters, build_plan, parse_rules
+from cdc.positions import BinlogPosition, Position
+from cdc.rules.compile import ident, table_sql
+from cdc.rules.parse import sqlglot_dialect
+from cdc.sources import open_source
+from cdc.targets import open_target
+
+log = logging.getLogger("cdc.snapshot")
+
+
+@dataclass(slots=True)
+class TableProgress:
+    table: str
+    rows_done: int = 0
+    rows_estimated: int | None = None
+    chunks_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    resumed: bool = False
+    skipped: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+
+ProgressCallback = Callable[[TableProgress], None]
+
+
+def _check_where(where: str | None, dialect: str) -> None:
+    if not where:
+        return
+    try:
+        sqlglot.parse_one(f"SELECT 1 WHERE {where}", read=dialect)
+    except (ParseError, TokenError) as e:
+        raise ConfigError(f"--where {where!r} is not a valid condition: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+class ChunkReader:
+    """Keyset pagination over one source table, on its own connection."""
+
+    def __init__(self, config: Config, source: Any, table: str, columns: list[str],
+                 pk: list[str], where: str | None, chunk_rows: int) -> None:
+        self.config = config
+        self.kind = config.source.kind
+        d = sqlglot_dialect(self.kind)
+        cols = ", ".join(ident(c, d) for c in columns)
+        keys = ", ".join(ident(c, d) for c in pk)
+        marks = ", ".join(["%s"] * len(pk))
+        cond = f"({where})" if where else "1 = 1"
+        tref = table_sql(table, d) if self.kind == "mysql" else _pg_table(table)
+        self.first_sql = (f"SELECT {cols} FROM {tref} WHERE {cond} "  # noqa: S608 - quoted
+                          f"ORDER BY {keys} LIMIT {int(chunk_rows)}")
+        self.next_sql = (f"SELECT {cols} FROM {tref} WHERE {cond} AND ({keys}) > ({marks}) "  # noqa: S608
+                         f"ORDER BY {keys} LIMIT {int(chunk_rows)}")
+        self.columns = columns
+        self.pk_index = [columns.index(c) for c in pk]
+        self.source = source
+        self._conn: Any = None
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            if self.kind == "mysql":
+                from cdc.sources.mysql import connect
+
+                self._conn = connect(self.config.source, timeout=self.config.connect_timeout)
+            else:
+                import psycopg
+
+                self._conn = psycopg.connect(self.config.source.libpq(), autocommit=True)
+                self._conn.execute("SET TimeZone = 'UTC'")
+        return self._conn
+
+    def read(self, last_key: tuple[Any, ...] | None) -> list[tuple[Any, ...]]:
+        conn = self._connection()
+        params = list(last_key) if last_key is not None else None
+        query = self.first_sql if last_key is None else self.next_sql
+        if self.kind == "mysql":
+            with conn.cursor() as cur:
+                cur.execute(query, params)
+                return list(cur.fetchall())
+        return conn.execute(query.encode(), params).fetchall()
+
+    def key_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(row[i] for i in self.pk_index)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _pg_table(name: str) -> str:
+    schema, _, table = name.rpartition(".")
+    return f"{ident(schema or 'public', 'postgres')}.{ident(table, 'postgres')}"
+
+
+def estimate_rows(config: Config, source: Any, table: str) -> int | None:
+    try:
+        if config.source.kind == "mysql":
+            with source.conn().cursor() as cur:
+                cur.execute("SELECT TABLE_ROWS FROM information_schema.TABLES"
+                            " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                            (config.source.database, table))
+                row = cur.fetchone()
+                return int(row[0]) if row and row[0] is not None else None
+        schema, _, name = table.rpartition(".")
+        rows = source._query("SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n"
+                             " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                             (schema or "public", name))
+        return max(0, int(rows[0][0])) if rows else None
+    except (CdcError, Exception):  # an estimate is a nicety, never a failure
+        return None
+
+
+class Snapshot:
+    def __init__(self, config: Config, *, tables: list[str] | None = None,
+                 where: str | None = None, truncate: bool = False, force: bool = False,
+                 workers: int | None = None, chunk_rows: int | None = None,
+                 progress: ProgressCallback | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.tables = tables
+        self.where = where
+        self.truncate = truncate
+        self.force = force
+        self.workers = workers or config.snapshot_workers
+        self.chunk_rows = chunk_rows or config.snapshot_chunk_rows
+        self.progress = progress or (lambda p: None)
+        self.stop = stop or threading.Event()
+
+    def run(self) -> list[TableProgress]:
+        cfg = self.config
+        _check_where(self.where, sqlglot_dialect(cfg.source.kind))
+        rules = parse_rules(cfg)
+        source = open_source(cfg, sorted({r.source.name for r in rules}))
+        target = open_target(cfg)
+        try:
+            target.require_schema()
+            plan = build_plan(cfg, source, target, rules)
+            attach_converters(plan, cfg)
+            chosen = self._choose_tables(plan)
+            for t in chosen:
+                if not plan.stages[t].source.primary_key:
+                    st = plan.stages[t].source
+                    raise TerminalError(
+                        f"table {st.schema}.{st.name} has no primary key, so it cannot be read "
+                        "in resumable chunks",
+                        fix=f"add one (ALTER TABLE {st.name} ADD PRIMARY KEY (…)), or snapshot "
+                            "it by other means and start streaming after it")
+                self._check_truncate(plan, t)
+            self._ensure_offset(source, target)
+            jobs = [self._prepare_table(target, source, plan, t) for t in chosen]
+        finally:
+            source.close()
+            target.close()
+        results: list[TableProgress] = []
+        todo = [j for j in jobs if not j[1].skipped]
+        results.extend(j[1] for j in jobs if j[1].skipped)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo) or 1))) as pool:
+            for res in pool.map(lambda j: self._copy_table(plan, *j), todo):
+                results.append(res)
+        return results
+
+    # --- preparation ----------------------------------------------------------
+    def _choose_tables(self, plan: Plan) -> list[str]:
+        if not self.tables:
+            return list(plan.stages)
+        out = []
+        for t in self.tables:
+            if t not in plan.stages:
+                raise ConfigError(f"--table {t!r}: no rule reads it (rules read: "
+                                  f"{', '.join(plan.stages)})")
+            out.append(t)
+        return out
+
+    def _check_truncate(self, plan: Plan, table: str) -> None:
+        if not self.truncate:
+            return
+        mine = {r.bound.rule.target.name for r in plan.by_table[table]}
+        for other, rules in plan.by_table.items():
+            if other != table and mine & {r.bound.rule.target.name for r in rules}:
+                raise ConfigError(f"--truncate: a target table of {table!r} is also written "
+                                  f"by rules reading {other!r}; truncating would remove their "
+                                  "rows too")
+
+    def _ensure_offset(self, source: Any, target: Any) -> None:
+        """A new pipeline gets its streaming start *before* any row is read."""
+        if target.load_offset() is not None:
+            return
+        pos: Position
+        if self.config.source.kind == "mysql":
+            pos = source.current_position()
+        else:
+            info = source.slot_info()
+            if not info.get("exists"):
+                raise TerminalError(f"replication slot {self.config.slot!r} does not exist",
+                                    fix="run `cdc setup` first")
+            pos = info["confirmed_flush_lsn"]
+        target.save_offset(pos, only_if_missing=True)
+        log.info("streaming will start at %s, before the snapshot's first read", pos)
+
+    def _prepare_table(self, target: Any, source: Any, plan: Plan,
+                       table: str) -> tuple[str, TableProgress, tuple[Any, ...] | None]:
+        state = target.snapshot_state(table)
+        prog = TableProgress(table)
+        explicit = bool(self.tables)
+        if state and state["state"] == "done" and not (self.force or explicit):
+            prog.skipped = True
+            prog.rows_done = state["rows_done"]
+            log.info("%s: already snapshotted (use --force or --table to copy again)", table)
+            return table, prog, None
+        if state and state["state"] == "copying" and not self.force and \
+                (state["where_clause"] or None) == (self.where or None):
+            prog.resumed = True
+            prog.rows_done = state["rows_done"]
+            prog.chunks_done = state["chunks_done"]
+            prog.rows_estimated = state["rows_estimated"]
+            key = image_from_json(json.loads(state["last_key"])) if state["last_key"] else None
+            last = tuple(key[c] for c in plan.stages[table].source.primary_key) if key else None
+            log.info("%s: resuming after %d rows in %d chunks", table, prog.rows_done,
+                     prog.chunks_done)
+            return table, prog, last
+        prog.rows_estimated = estimate_rows(self.config, source, table)
+        targets = sorted({r.bound.rule.target.name for r in plan.by_table[table]})
+        target.snapshot_begin(table, self.where, prog.rows_estimated,
+                              truncate=targets if self.truncate else [])
+        return table, prog, None
+
+    # --- copying --------------------------------------------------------------
+    def _copy_table(self, plan: Plan, table: str, prog: TableProgress,
+                    last: tuple[Any, ...] | None) -> TableProgress:
+        cfg = self.config
+        stage = plan.stages[table]
+        pk = list(stage.source.primary_key)
+        target = open_target(cfg)
+        reader = ChunkReader(cfg, None, table, stage.columns, pk, self.where, self.chunk_rows)
+        sub_stages = {table: stage}
+        sub_rules = {table: plan.by_table[table]}
+        try:
+            while not self.stop.is_set():
+                conn = target.conn()
+                done = False
+                with conn.transaction():
+                    # Pause the stream's commits while this chunk is read and applied.
+                    target.lock_offset_shared(conn)
+                    rows = reader.read(last)
+                    if not rows:
+                        target.snapshot_finish(conn, table)
+                        done = True
+                    else:
+                        changes = [RowChange(table, "I", None, dict(zip(stage.columns, r,
+                                                                        strict=True)))
+                                   for r in rows]
+                        batch = Batch()
+                        batch.add(Transaction(changes, BinlogPosition("", 0)))
+                        new_last = reader.key_of(rows[-1])
+                        key_json = json.dumps(image_to_json(dict(zip(pk, new_last, strict=True))))
+                        n = len(rows)
+
+                        def record(c: Any, key_json: str = key_json, n: int = n) -> None:
+                            target.snapshot_chunk(c, table, key_json, n)
+
+                        target.apply(batch, sub_stages, sub_rules, plan.converters,
+                                     record=record)
+                        last = new_last
+                        prog.rows_done += n
+                        prog.chunks_done += 1
+                        done = n < self.chunk_rows
+                        if done:
+                            target.snapshot_finish(conn, table)
+                if done:
+                    prog.finished = time.monotonic()
+                    self.progress(prog)
+                    break
+                self.progress(prog)
+        finally:
+            reader.close()
+            target.close()
+        return prog
+
+
+def snapshot(config: Config, **kw: Any) -> list[TableProgress]:
+    return Snapshot(config, **kw).run()
