@@ -283,9 +283,8 @@ class Snapshot:
         sub_rules = {table: plan.by_table[table]}
         try:
             while not self.stop.is_set():
-                conn = target.conn()
                 done = False
-                with conn.transaction():
+                with target.transaction() as conn:
                     # Pause the stream's commits while this chunk is read and applied.
                     target.lock_offset_shared(conn)
                     rows = reader.read(last)

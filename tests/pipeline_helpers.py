@@ -86,20 +86,38 @@ class PipelineThread:
         wait_caught_up(self.config, timeout, lambda: self.error)
 
 
+def _pos(text: str | None) -> tuple[int, int] | None:
+    from cdc.positions import BinlogPosition, Lsn
+
+    if not text:
+        return None
+    if "/" in text:
+        return Lsn.parse(text).sort_key()
+    file, _, pos = text.rpartition(":")
+    return BinlogPosition(file, int(pos)).sort_key()
+
+
 def wait_caught_up(config: Config, timeout: float = 60,
                    failed: Any = lambda: None) -> dict[str, Any]:
+    """Wait until everything the source had committed when called is applied.
+
+    The source position is taken once: with source and target on one server
+    (MySQL->MySQL) the target's own commits move the source's binlog forever.
+    """
     from cdc.cli import lag_report
 
     deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = lag_report(config)
+    goal = _pos(last.get("source_position"))
     while time.monotonic() < deadline:
         err = failed()
         if err is not None:
             raise err
-        last = lag_report(config)
-        if last.get("caught_up"):
+        applied = _pos(last.get("applied_position"))
+        if goal is not None and applied is not None and applied >= goal:
             return last
         time.sleep(0.1)
+        last = lag_report(config)
     raise AssertionError(f"pipeline did not catch up within {timeout}s: {last}")
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -441,6 +442,13 @@ class PostgresTarget:
                  dl.error, self.config.dlq_retry_seconds))
             log.warning("dead letter: rule %s, %s %s at %s: %s", dl.rule, ch.op, ch.table,
                         dl.position, dl.error)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A transaction (a savepoint when nested) on the target connection."""
+        conn = self.conn()
+        with conn.transaction():
+            yield conn
 
     # --- snapshot progress ------------------------------------------------------
     def lock_offset_shared(self, conn: Any) -> None:

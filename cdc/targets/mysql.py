@@ -1,0 +1,641 @@
+"""MySQL/MariaDB target: multi-row INSERT into staging, rule SQL, offset, one commit.
+
+Mirrors ``cdc.targets.postgres`` method for method.  Differences that matter:
+temporary-table DDL does not roll back and TRUNCATE commits implicitly, so
+staging and result tables are emptied with DELETE at the start of each use;
+the session runs with ``time_zone = '+00:00'`` (TIMESTAMP columns take UTC
+values) and a strict ``sql_mode`` (a bad value is an error and a dead letter,
+never a silent truncation).  MySQL 8 notes: ``VALUES(col)`` in ``ON DUPLICATE
+KEY UPDATE`` is deprecated there (still accepted) but is the only spelling
+MariaDB parses; ``SHOW MASTER STATUS`` is ``SHOW BINARY LOG STATUS`` from 8.4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pymysql
+
+from cdc import bookkeeping, catalog
+from cdc.batch import Batch, Converter, stage_rows
+from cdc.catalog import TableSchema
+from cdc.config import Config
+from cdc.deadletter import MYSQL_ROW_ERRORS, DeadLetter, change_to_json, one_line
+from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
+from cdc.events import RowChange
+from cdc.positions import Position, decode_position
+from cdc.rules.compile import CompiledRule, StageTable, ident
+from cdc.sources.mysql import classify as classify_connect
+
+log = logging.getLogger("cdc.target.mysql")
+
+_TRANSIENT_CODES = {1205, 1213, 1040, 1053, 2006, 2013, 2003, 2055, 1927}
+SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
+            "NO_ENGINE_SUBSTITUTION")
+
+
+def _code(e: BaseException) -> int:
+    return e.args[0] if e.args and isinstance(e.args[0], int) else 0
+
+
+def classify(e: BaseException, config: Config) -> Exception:
+    url = config.target
+    code = _code(e)
+    where = f"MySQL target {url.host}:{url.port}"
+    msg = e.args[1] if len(e.args) > 1 else str(e)
+    if code in (1045, 1044, 1698):
+        return TerminalError(f"{where}: access denied for user {url.user!r}: {msg}",
+                             fix="check the user and password in the config URL")
+    if code in (1142, 1143, 1227):
+        return TerminalError(f"{where}: {msg}",
+                             fix="run `cdc doctor --print-grants` for the GRANTs it needs")
+    if code in _TRANSIENT_CODES or isinstance(e, pymysql.err.OperationalError) and code >= 2000:
+        return ConnectionLost(f"{where}: {msg}") if code >= 2000 else TransientError(
+            f"{where}: {msg}")
+    return TargetError(f"{where}: {msg}")
+
+
+def _json_text(v: Any) -> Any:
+    if isinstance(v, dict | list):
+        return json.dumps(v, ensure_ascii=False, default=str)
+    return v
+
+
+def _naive_utc(v: Any) -> Any:
+    if isinstance(v, datetime) and v.tzinfo is not None:
+        return v.astimezone(UTC).replace(tzinfo=None)
+    return v
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address |
+                  ipaddress.IPv4Network | ipaddress.IPv6Network | ipaddress.IPv4Interface |
+                  ipaddress.IPv6Interface):
+        return str(v)
+    if isinstance(v, set | frozenset):
+        return ",".join(sorted(v))
+    if isinstance(v, dict | list):
+        return json.dumps(v, ensure_ascii=False, default=str)
+    if isinstance(v, datetime):
+        return _naive_utc(v)
+    if isinstance(v, Decimal) and not v.is_finite():
+        return str(v)  # a text staging column keeps NaN; a numeric one rejects it loudly
+    return v
+
+
+def _interval_text(v: Any) -> Any:
+    if isinstance(v, timedelta):
+        return str(v)
+    return _plain(v)
+
+
+def converters(stage: StageTable) -> list[Converter | None]:
+    out: list[Converter | None] = []
+    for t in stage.types:
+        if t == "json":
+            out.append(_json_text)
+        elif t.startswith("datetime"):
+            out.append(_naive_utc)
+        elif t.startswith("varchar(64)"):
+            out.append(_interval_text)
+        else:
+            out.append(_plain)
+    return out
+
+
+class _Tx:
+    """Transactions on a pymysql connection, nesting as savepoints."""
+
+    def __init__(self, conn: pymysql.connections.Connection) -> None:
+        self.conn = conn
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def __call__(self, force_rollback: bool = False) -> Iterator[_Tx]:
+        self.depth += 1
+        name = f"cdc_sp_{self.depth}"
+        if self.depth == 1:
+            self.conn.begin()
+        else:
+            self.execute(f"SAVEPOINT {name}")
+        try:
+            yield self
+        except BaseException:
+            try:
+                if self.depth == 1:
+                    self.conn.rollback()
+                else:
+                    self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            except pymysql.err.Error:
+                pass
+            raise
+        else:
+            if force_rollback:
+                if self.depth == 1:
+                    self.conn.rollback()
+                else:
+                    self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            elif self.depth == 1:
+                self.conn.commit()
+            else:
+                self.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self.depth -= 1
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        cur = self.conn.cursor()
+        cur.execute(query, params)
+        return cur
+
+
+class MySQLTarget:
+    kind = "mysql"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.url = config.target
+        self.pipeline = config.pipeline
+        self._conn: pymysql.connections.Connection | None = None
+        self._tx: _Tx | None = None
+        self._prepared: set[str] = set()
+        self.dead_letters: list[DeadLetter] = []
+
+    # --- connection and catalog ---------------------------------------------
+    def conn(self) -> pymysql.connections.Connection:
+        if self._conn is None or not self._conn.open:
+            u = self.url
+            try:
+                self._conn = pymysql.connect(
+                    host=u.host, port=u.port, user=u.user, password=u.password,
+                    database=u.database, charset="utf8mb4", autocommit=False,
+                    connect_timeout=int(self.config.connect_timeout),
+                    init_command=(f"SET time_zone = '+00:00', sql_mode = '{SQL_MODE}',"
+                                  " SESSION tx_isolation = 'READ-COMMITTED'"))
+            except pymysql.err.MySQLError as e:
+                raise classify_connect(e, u) from None
+            self._tx = _Tx(self._conn)
+            self._prepared.clear()
+        return self._conn
+
+    def tx(self) -> _Tx:
+        self.conn()
+        assert self._tx is not None
+        return self._tx
+
+    def close(self) -> None:
+        if self._conn is not None and self._conn.open:
+            self._conn.close()
+        self._conn = None
+
+    def _query(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        conn = self.conn()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, params)
+                rows = list(cur.fetchall())
+            conn.rollback()
+            return rows
+        except pymysql.err.MySQLError as e:
+            self._after_error()
+            raise classify(e, self.config) from None
+
+    def table(self, name: str) -> TableSchema | None:
+        conn = self.conn()
+        try:
+            return catalog.mysql_table(conn, self.url.database, name)
+        finally:
+            conn.rollback()
+
+    def unique_keys(self, name: str) -> list[tuple[str, ...]]:
+        conn = self.conn()
+        try:
+            return catalog.mysql_unique_keys(conn, self.url.database, name)
+        finally:
+            conn.rollback()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        tx = self.tx()
+        try:
+            with tx():
+                yield tx
+        except pymysql.err.MySQLError as e:
+            self._after_error()
+            raise classify(e, self.config) from None
+
+    # --- bookkeeping --------------------------------------------------------
+    def schema_version(self) -> int:
+        rows = self._query("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA ="
+                           " DATABASE() AND TABLE_NAME = 'cdc_schema_version'")
+        if not rows or not rows[0][0]:
+            return 0
+        got = self._query("SELECT MAX(version) FROM cdc_schema_version")
+        return int(got[0][0] or 0) if got else 0
+
+    def migrate(self) -> int:
+        current = self.schema_version()
+        bookkeeping.check_version(current, "mysql")
+        tx = self.tx()
+        try:
+            tx.execute("SELECT GET_LOCK('cdc_migrate', 30)")
+            try:
+                tx.execute("CREATE TABLE IF NOT EXISTS cdc_schema_version (version int PRIMARY KEY,"
+                           " applied_at datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+                           " ENGINE=InnoDB")
+                current = self.schema_version()
+                for version, path in bookkeeping.migrations("mysql"):
+                    if version <= current:
+                        continue
+                    for stmt in bookkeeping.split_statements(path.read_text()):
+                        tx.execute(stmt)
+                    tx.execute("INSERT INTO cdc_schema_version (version) VALUES (%s)", (version,))
+                    self.conn().commit()
+                    current = version
+            finally:
+                tx.execute("SELECT RELEASE_LOCK('cdc_migrate')")
+                self.conn().commit()
+        except pymysql.err.MySQLError as e:
+            self._after_error()
+            raise classify(e, self.config) from None
+        return current
+
+    def require_schema(self) -> None:
+        v = self.schema_version()
+        bookkeeping.check_version(v, "mysql")
+        if v < bookkeeping.latest_version("mysql"):
+            raise TerminalError(f"the target's cdc bookkeeping schema is at version {v}, "
+                                f"this cdc needs {bookkeeping.latest_version('mysql')}",
+                                fix="run `cdc setup`")
+
+    def load_offset(self) -> tuple[Position, datetime | None] | None:
+        rows = self._query("SELECT position, source_commit_time FROM cdc_offsets"
+                           " WHERE pipeline = %s", (self.pipeline,))
+        if not rows:
+            return None
+        return decode_position(rows[0][0]), _aware(rows[0][1])
+
+    def save_offset(self, position: Position, commit_time: datetime | None = None,
+                    *, only_if_missing: bool = False) -> None:
+        with self.transaction() as tx:
+            self._write_offset(tx, position, commit_time, 0, 0, only_if_missing)
+
+    def _write_offset(self, tx: _Tx, position: Position, commit_time: datetime | None,
+                      txs: int, rows: int, only_if_missing: bool = False) -> None:
+        ct = _naive_utc(commit_time)
+        if only_if_missing:
+            tx.execute("INSERT IGNORE INTO cdc_offsets (pipeline, position, source_commit_time)"
+                       " VALUES (%s, %s, %s)", (self.pipeline, position.encode(), ct))
+            return
+        tx.execute(
+            "INSERT INTO cdc_offsets (pipeline, position, source_commit_time, applied_at,"
+            " transactions, rows_applied) VALUES (%s, %s, %s, UTC_TIMESTAMP(6), %s, %s)"
+            " ON DUPLICATE KEY UPDATE position = VALUES(position),"
+            " source_commit_time = COALESCE(VALUES(source_commit_time), source_commit_time),"
+            " applied_at = UTC_TIMESTAMP(6), transactions = transactions + VALUES(transactions),"
+            " rows_applied = rows_applied + VALUES(rows_applied)",
+            (self.pipeline, position.encode(), ct, txs, rows))
+
+    def write_status(self, state: str, *, source_position: Position | None = None,
+                     rows_per_second: float | None = None, message: str | None = None) -> None:
+        pos = source_position.encode() if source_position else None
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO cdc_status (pipeline, state, source_position, source_seen_at,"
+                " rows_per_second, message, pid, host, updated_at) VALUES (%s, %s, %s,"
+                " IF(%s IS NULL, NULL, UTC_TIMESTAMP(6)), %s, %s, %s, %s, UTC_TIMESTAMP(6))"
+                " ON DUPLICATE KEY UPDATE state = VALUES(state),"
+                " source_position = COALESCE(VALUES(source_position), source_position),"
+                " source_seen_at = COALESCE(VALUES(source_seen_at), source_seen_at),"
+                " rows_per_second = COALESCE(VALUES(rows_per_second), rows_per_second),"
+                " message = VALUES(message), pid = VALUES(pid), host = VALUES(host),"
+                " updated_at = UTC_TIMESTAMP(6)",
+                (self.pipeline, state, pos, pos, rows_per_second, message, os.getpid(),
+                 socket.gethostname()))
+
+    def read_status(self) -> dict[str, Any]:
+        rows = self._query(
+            "SELECT o.position, o.source_commit_time, o.applied_at, o.transactions,"
+            " o.rows_applied, s.state, s.source_position, s.source_seen_at, s.rows_per_second,"
+            " s.message, s.updated_at, s.pid,"
+            " (SELECT COUNT(*) FROM cdc_dead_letters d WHERE d.pipeline = %s), UTC_TIMESTAMP(6)"
+            " FROM (SELECT %s AS pipeline) p"
+            " LEFT JOIN cdc_offsets o ON o.pipeline = p.pipeline"
+            " LEFT JOIN cdc_status s ON s.pipeline = p.pipeline", (self.pipeline, self.pipeline))
+        names = ["position", "source_commit_time", "applied_at", "transactions", "rows_applied",
+                 "state", "source_position", "source_seen_at", "rows_per_second", "message",
+                 "updated_at", "pid", "dead_letters", "now"]
+        return {k: _aware(v) for k, v in zip(names, rows[0], strict=True)}
+
+    # --- applying -------------------------------------------------------------
+    def _prepare(self, tx: _Tx, stages: Sequence[StageTable],
+                 rules: Sequence[CompiledRule]) -> None:
+        for st in stages:
+            if st.name not in self._prepared:
+                tx.execute(st.create)
+                self._prepared.add(st.name)
+        for r in rules:
+            if r.result_name not in self._prepared:
+                try:
+                    tx.execute(r.create_result)
+                except pymysql.err.MySQLError as e:
+                    raise _rule_error(r, e) from None
+                self._prepared.add(r.result_name)
+
+    def check_rules(self, stages: Sequence[StageTable], rules: Sequence[CompiledRule]) -> None:
+        tx = self.tx()
+        created: list[str] = []
+        try:
+            with tx(force_rollback=True):
+                for st in stages:
+                    tx.execute(st.create)
+                    created.append(st.name)
+                for r in rules:
+                    try:
+                        tx.execute(r.create_result)
+                        created.append(r.result_name)
+                        for stmt in r.statements():
+                            tx.execute(stmt)
+                        for _cond, query in r.validations:
+                            tx.execute(query)
+                    except pymysql.err.MySQLError as e:
+                        raise _rule_error(r, e) from None
+        finally:
+            # Temporary-table DDL is not transactional: leave nothing behind.
+            for name in created:
+                with contextlib.suppress(pymysql.err.MySQLError):
+                    tx.execute(f"DROP TEMPORARY TABLE IF EXISTS {ident(name, 'mysql')}")
+            self._prepared.clear()
+
+    def apply(self, batch: Batch, stages: dict[str, StageTable],
+              rules: dict[str, list[CompiledRule]],
+              convs: dict[str, list[Converter | None]],
+              record: Callable[[Any], None] | None = None,
+              existing: dict[int, int] | None = None) -> int:
+        """See ``PostgresTarget.apply``: same contract."""
+        tx = self.tx()
+        staged = 0
+        self.dead_letters = []
+        positions = {id(ch): tx_.position.encode() for tx_ in batch.transactions
+                     for ch in tx_.changes}
+        try:
+            with tx():
+                if record is None:
+                    tx.execute("SELECT 1 FROM cdc_offsets WHERE pipeline = %s FOR UPDATE",
+                               (self.pipeline,))
+                by_table = batch.changes_by_table()
+                active = [st for name, st in stages.items() if name in by_table]
+                self._prepare(tx, active, [r for st in active for r in rules.get(st.source_name, [])])
+                for st in active:
+                    staged += self._apply_table(tx, st, by_table[st.source_name],
+                                                rules.get(st.source_name, []),
+                                                convs.get(st.source_name), positions,
+                                                existing or {})
+                if self.dead_letters:
+                    self._write_dead_letters(tx)
+                if record is not None:
+                    record(tx)
+                else:
+                    self._write_offset(tx, batch.position, batch.commit_time,
+                                       batch.data_transactions, batch.rows)
+        except pymysql.err.MySQLError as e:
+            self._after_error()
+            raise classify(e, self.config) from None
+        except BaseException:
+            self._after_error()
+            raise
+        return staged
+
+    def _apply_table(self, tx: _Tx, st: StageTable, changes: list[RowChange],
+                     table_rules: list[CompiledRule], convs: list[Converter | None] | None,
+                     positions: dict[int, str], existing: dict[int, int]) -> int:
+        if any(r.validations for r in table_rules):
+            changes = self._validate(tx, st, changes, table_rules, convs, positions, existing)
+        try:
+            with tx():
+                return self._stage_and_run(tx, st, changes, table_rules, convs)
+        except _RowFailure:
+            pass
+        self._bisect(tx, st, changes, table_rules, convs, positions, existing)
+        return 0
+
+    def _load(self, tx: _Tx, st: StageTable, rows: list[tuple[Any, ...]]) -> None:
+        tx.execute(st.truncate)
+        if not rows:
+            return
+        cols = ", ".join(ident(c, "mysql") for c in
+                         [*st.columns, "_cdc_seq", "_cdc_kind", "_cdc_partial"])
+        marks = "(" + ", ".join(["%s"] * (len(st.columns) + 3)) + ")"
+        query = f"INSERT INTO {st.quoted} ({cols}) VALUES {marks}"  # noqa: S608 - quoted
+        cur = self.conn().cursor()
+        for lo in range(0, len(rows), 2000):
+            # pymysql turns executemany of INSERT … VALUES into multi-row INSERTs.
+            cur.executemany(query, rows[lo:lo + 2000])
+
+    def _stage_and_run(self, tx: _Tx, st: StageTable, changes: list[RowChange],
+                       table_rules: list[CompiledRule],
+                       convs: list[Converter | None] | None) -> int:
+        rows = [(*r[:-1], int(r[-1])) for r in stage_rows(changes, st.columns, convs)]
+        self._load(tx, st, rows)
+        for r in table_rules:
+            tx.execute(r.clear_result)
+            for stmt in r.statements():
+                try:
+                    tx.execute(stmt)
+                except pymysql.err.MySQLError as e:
+                    code = _code(e)
+                    if code in _TRANSIENT_CODES or code >= 2000:
+                        raise
+                    if code in MYSQL_ROW_ERRORS:
+                        raise _RowFailure(r, e) from None
+                    raise _rule_error(r, e) from None
+        return len(rows)
+
+    def _bisect(self, tx: _Tx, st: StageTable, changes: list[RowChange],
+                table_rules: list[CompiledRule], convs: list[Converter | None] | None,
+                positions: dict[int, str], existing: dict[int, int]) -> None:
+        if len(changes) == 1:
+            try:
+                with tx():
+                    self._stage_and_run(tx, st, changes, table_rules, convs)
+            except _RowFailure as f:
+                ch = changes[0]
+                self.dead_letters.append(DeadLetter(
+                    f.rule.name, ch, positions.get(id(ch)), one_line(str(f.error.args[-1])),
+                    existing.get(id(ch))))
+            return
+        mid = len(changes) // 2
+        for half in (changes[:mid], changes[mid:]):
+            try:
+                with tx():
+                    self._stage_and_run(tx, st, half, table_rules, convs)
+            except _RowFailure:
+                self._bisect(tx, st, half, table_rules, convs, positions, existing)
+
+    def _validate(self, tx: _Tx, st: StageTable, changes: list[RowChange],
+                  table_rules: list[CompiledRule], convs: list[Converter | None] | None,
+                  positions: dict[int, str], existing: dict[int, int]) -> list[RowChange]:
+        failed: dict[int, tuple[str, str]] = {}
+        rows = [(*r[:-1], int(r[-1])) for r in stage_rows(changes, st.columns, convs)]
+        with tx(force_rollback=True):
+            self._load(tx, st, rows)
+            for r in table_rules:
+                for cond, query in r.validations:
+                    try:
+                        for (seq,) in tx.execute(query).fetchall():
+                            failed.setdefault((int(seq) - 1) // 2 - 1, (r.name, cond))
+                    except pymysql.err.MySQLError as e:
+                        raise _rule_error(r, e) from None
+        keep = []
+        for i, ch in enumerate(changes):
+            if i in failed:
+                rule, cond = failed[i]
+                self.dead_letters.append(DeadLetter(rule, ch, positions.get(id(ch)),
+                                                    f"validation failed: {cond}",
+                                                    existing.get(id(ch))))
+            else:
+                keep.append(ch)
+        return keep
+
+    def _write_dead_letters(self, tx: _Tx) -> None:
+        secs = self.config.dlq_retry_seconds
+        for dl in self.dead_letters:
+            ch = dl.change
+            if dl.existing_id is not None:
+                tx.execute("UPDATE cdc_dead_letters SET attempts = attempts + 1, error = %s,"
+                           " last_failed_at = UTC_TIMESTAMP(6), next_retry_at = UTC_TIMESTAMP(6)"
+                           " + INTERVAL %s * POW(2, LEAST(attempts, 10)) SECOND WHERE id = %s",
+                           (dl.error, secs, dl.existing_id))
+                continue
+            tx.execute("INSERT INTO cdc_dead_letters (pipeline, rule, source_table, operation,"
+                       " position, row_data, error, next_retry_at) VALUES (%s, %s, %s, %s, %s,"
+                       " %s, %s, UTC_TIMESTAMP(6) + INTERVAL %s SECOND)",
+                       (self.pipeline, dl.rule, ch.table, ch.op, dl.position, change_to_json(ch),
+                        dl.error, secs))
+            log.warning("dead letter: rule %s, %s %s at %s: %s", dl.rule, ch.op, ch.table,
+                        dl.position, dl.error)
+
+    def _after_error(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                if self._conn.open:
+                    self._conn.ping(reconnect=False)
+                    return
+            self._conn = None
+            self._prepared.clear()
+
+    # --- dead-letter table ----------------------------------------------------
+    def dead_letter_rows(self, ids: list[int] | None = None, *, due_only: bool = False,
+                         max_attempts: int | None = None) -> list[dict[str, Any]]:
+        where = ["pipeline = %s"]
+        params: list[Any] = [self.pipeline]
+        if ids:
+            where.append("id IN " + _marks(len(ids)))
+            params += ids
+        if due_only:
+            where.append("next_retry_at <= UTC_TIMESTAMP(6)")
+        if max_attempts is not None:
+            where.append("attempts < %s")
+            params.append(max_attempts)
+        names = ["id", "rule", "source_table", "operation", "position", "row_data", "error",
+                 "attempts", "first_failed_at", "last_failed_at", "next_retry_at"]
+        rows = self._query(f"SELECT {', '.join(names)} FROM cdc_dead_letters WHERE "  # noqa: S608
+                           f"{' AND '.join(where)} ORDER BY id", params)
+        out = []
+        for r in rows:
+            d = {k: _aware(v) for k, v in zip(names, r, strict=True)}
+            d["row_data"] = json.loads(d["row_data"])
+            out.append(d)
+        return out
+
+    def drop_dead_letters(self, ids: list[int] | None) -> int:
+        with self.transaction() as tx:
+            if ids is None:
+                cur = tx.execute("DELETE FROM cdc_dead_letters WHERE pipeline = %s",
+                                 (self.pipeline,))
+            else:
+                cur = tx.execute("DELETE FROM cdc_dead_letters WHERE pipeline = %s AND id IN "  # noqa: S608
+                                 + _marks(len(ids)), [self.pipeline, *ids])
+            return int(cur.rowcount)
+
+    def delete_dead_letters_in(self, tx: _Tx, ids: list[int]) -> None:
+        tx.execute("DELETE FROM cdc_dead_letters WHERE pipeline = %s AND id IN "  # noqa: S608
+                   + _marks(len(ids)), [self.pipeline, *ids])
+
+    # --- snapshot progress ------------------------------------------------------
+    def lock_offset_shared(self, tx: _Tx) -> None:
+        tx.execute("SELECT 1 FROM cdc_offsets WHERE pipeline = %s LOCK IN SHARE MODE",
+                   (self.pipeline,))
+
+    def snapshot_state(self, table: str) -> dict[str, Any] | None:
+        names = ["state", "where_clause", "last_key", "rows_done", "rows_estimated",
+                 "chunks_done"]
+        rows = self._query(f"SELECT {', '.join(names)} FROM cdc_snapshot_tables"  # noqa: S608
+                           " WHERE pipeline = %s AND table_name = %s", (self.pipeline, table))
+        return dict(zip(names, rows[0], strict=True)) if rows else None
+
+    def snapshot_begin(self, table: str, where: str | None, estimated: int | None,
+                       truncate: list[str]) -> None:
+        with self.transaction() as tx:
+            for t in truncate:
+                tx.execute(f"DELETE FROM {ident(t, 'mysql')}")  # noqa: S608 - quoted
+            tx.execute(
+                "INSERT INTO cdc_snapshot_tables (pipeline, table_name, state, where_clause,"
+                " last_key, rows_done, rows_estimated, chunks_done, started_at, finished_at)"
+                " VALUES (%s, %s, 'copying', %s, NULL, 0, %s, 0, UTC_TIMESTAMP(6), NULL)"
+                " ON DUPLICATE KEY UPDATE state = 'copying', where_clause = VALUES(where_clause),"
+                " last_key = NULL, rows_done = 0, rows_estimated = VALUES(rows_estimated),"
+                " chunks_done = 0, started_at = UTC_TIMESTAMP(6), finished_at = NULL",
+                (self.pipeline, table, where, estimated))
+            tx.execute(
+                "INSERT INTO cdc_status (pipeline, state, updated_at) VALUES (%s, 'snapshotting',"
+                " UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE state = IF(state = 'streaming' AND"
+                " updated_at > UTC_TIMESTAMP(6) - INTERVAL 60 SECOND, state, 'snapshotting'),"
+                " updated_at = UTC_TIMESTAMP(6)", (self.pipeline,))
+
+    def snapshot_chunk(self, tx: _Tx, table: str, last_key: str, rows: int) -> None:
+        tx.execute("UPDATE cdc_snapshot_tables SET last_key = %s, rows_done = rows_done + %s,"
+                   " chunks_done = chunks_done + 1 WHERE pipeline = %s AND table_name = %s",
+                   (last_key, rows, self.pipeline, table))
+
+    def snapshot_finish(self, tx: _Tx, table: str) -> None:
+        tx.execute("UPDATE cdc_snapshot_tables SET state = 'done', finished_at = UTC_TIMESTAMP(6)"
+                   " WHERE pipeline = %s AND table_name = %s", (self.pipeline, table))
+
+
+class _RowFailure(Exception):
+    def __init__(self, rule: CompiledRule, error: pymysql.err.MySQLError) -> None:
+        super().__init__(str(error))
+        self.rule = rule
+        self.error = error
+
+
+def _marks(n: int) -> str:
+    """``(%s, %s, …)``: n parameter placeholders, never values."""
+    return "(" + ", ".join(["%s"] * n) + ")"
+
+
+def _aware(v: Any) -> Any:
+    if isinstance(v, datetime) and v.tzinfo is None:
+        return v.replace(tzinfo=UTC)
+    return v
+
+
+def _rule_error(rule: CompiledRule, e: pymysql.err.MySQLError) -> RuleError:
+    msg = e.args[1] if len(e.args) > 1 else str(e)
+    return RuleError(f"on the target: {msg}", file=rule.bound.rule.file,
+                     line=rule.bound.rule.line)
+
+
+__all__ = ["MySQLTarget", "converters"]
