@@ -212,25 +212,38 @@ def run(config_path: str) -> None:
     Transient failures (lost connections, restarts, deadlocks) are retried with
     backoff; terminal ones (bad password, purged binlog, broken rule) exit 3.
     """
-    from cdc.pipeline import Hooks
     from cdc.pipeline import run as run_pipeline
+    from cdc.service import Service
 
     cfg = _config(config_path)
     stop = threading.Event()
     reload = threading.Event()
+    metrics = None
+    if cfg.metrics_address:
+        from cdc.metrics import Metrics
+
+        metrics = Metrics(cfg.pipeline)
+        try:
+            metrics.serve(cfg.metrics_address)
+        except OSError as e:
+            _fail(ConfigError(f"metrics.address {cfg.metrics_address}: cannot listen: "
+                              f"{e.strerror}"))
+    service = Service(cfg, metrics)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        service.stopping()
         stop.set()
 
     def on_hup(_signum: int, _frame: Any) -> None:
+        service.reloading()
         reload.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
     try:
-        run_pipeline(cfg, stop, Hooks(), reload)
+        run_pipeline(cfg, stop, service.hooks(), reload)
     except TransientError as e:
         _fail(e, 4)
     except CdcError as e:
@@ -377,6 +390,113 @@ def lag(config_path: str, as_json: bool, watch: bool, interval: float,
         time.sleep(interval)
     if limit is not None and (r["seconds_behind"] is None or r["seconds_behind"] > limit):
         sys.exit(1)
+
+
+@cli.command()
+@config_option
+@click.option("--print-grants", is_flag=True,
+              help="Print least-privilege GRANT statements for the source and target users.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def doctor(config_path: str, print_grants: bool, as_json: bool) -> None:
+    """Check every prerequisite of the pipeline and print the exact fix for each
+    failure: binlog settings, wal_level, slots, privileges, publication,
+    replica identity, target privileges, bookkeeping version, rules.
+
+    Exit 1 when a check fails (warnings do not fail it).
+    """
+    from cdc import doctor as doc
+
+    cfg = _config(config_path)
+    if print_grants:
+        from cdc.plan import parse_rules
+
+        try:
+            rules = parse_rules(cfg)
+        except CdcError as e:
+            _fail(e, 2)
+        click.echo(doc.print_grants(
+            cfg, sorted({r.source.name for r in rules}), sorted({r.target.name for r in rules}),
+            sorted({lk.name for r in rules for lk in r.lookups})))
+        return
+    checks = doc.run_checks(cfg)
+    failed = [c for c in checks if not c.ok and not c.warning]
+    if as_json:
+        click.echo(json.dumps([{"check": c.name, "ok": c.ok, "warning": c.warning,
+                                "detail": c.detail, "fix": c.fix} for c in checks],
+                              ensure_ascii=False))
+    else:
+        for c in checks:
+            mark = "ok  " if c.ok else ("warn" if c.warning else "FAIL")
+            click.echo(f"{mark} {c.name}: {c.detail}")
+            if not c.ok and c.fix:
+                click.echo("     fix: " + c.fix.replace("\n", "\n          "))
+        click.echo(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
+                   + (f"; {len(failed)} failed" if failed else ""))
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@config_option
+@click.option("--yes", is_flag=True, help="Really drop them (otherwise only say what would go).")
+@click.option("--drop-bookkeeping", is_flag=True,
+              help="Also delete this pipeline's rows from the target's bookkeeping tables.")
+def teardown(config_path: str, yes: bool, drop_bookkeeping: bool) -> None:
+    """Remove what `cdc setup` created on the source: the replication slot and the
+    publication of a PostgreSQL source (a forgotten slot makes the source keep
+    WAL forever). A MySQL source needs nothing removed."""
+    cfg = _config(config_path)
+    what = []
+    if cfg.source.kind == "postgresql":
+        what.append(f"replication slot {cfg.slot!r} and publication {cfg.publication!r} on "
+                    f"{cfg.source.redacted()}")
+    if drop_bookkeeping:
+        what.append(f"bookkeeping rows of pipeline {cfg.pipeline!r} in {cfg.target.redacted()}")
+    if not what:
+        click.echo("nothing to remove: a MySQL source keeps no state for cdc "
+                   "(use --drop-bookkeeping to forget the pipeline's position)")
+        return
+    if not yes:
+        click.echo("would drop: " + "; ".join(what) + " (add --yes to do it)")
+        return
+    try:
+        if cfg.source.kind == "postgresql":
+            from cdc.sources.postgres import PostgresSource
+
+            src = PostgresSource(cfg.source.libpq(), slot=cfg.slot, publication=cfg.publication,
+                                 tables=[])
+            try:
+                src.teardown()
+            finally:
+                src.close()
+        if drop_bookkeeping:
+            from cdc.targets import open_target
+
+            target = open_target(cfg)
+            try:
+                target.forget_pipeline()
+            finally:
+                target.close()
+    except CdcError as e:
+        _fail(e)
+    click.echo("dropped: " + "; ".join(what))
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def status(config_path: str, as_json: bool) -> None:
+    """Everything `cdc lag` knows, one field a line (or JSON)."""
+    cfg = _config(config_path)
+    try:
+        r = lag_report(cfg)
+    except CdcError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(r, default=str))
+        return
+    for k, v in r.items():
+        click.echo(f"{k:>26}: {'' if v is None else v}")
 
 
 @cli.group()

@@ -44,6 +44,7 @@ SCHEMA: dict[str, Any] = {
         "publication": _STR,
         "heartbeat_seconds": _NUM,
         "connect_timeout": _NUM,
+        "wal_warn_mb": _NUM,
     },
     "target": {
         "url": _STR,
@@ -165,6 +166,7 @@ class Config:
     publication: str = ""
     heartbeat_seconds: float = 10.0
     connect_timeout: float = 10.0
+    wal_warn_bytes: int = 1024 * 2**20
     target_schema: str = ""
     rule_options: dict[str, RuleOptions] = field(default_factory=dict)
     batch_max_rows: int = 20000
@@ -347,6 +349,7 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
         publication=s.get("publication", f"cdc_{safe}"),
         heartbeat_seconds=_positive(p, "source.heartbeat_seconds", s.get("heartbeat_seconds", 10.0)),
         connect_timeout=float(s.get("connect_timeout", t.get("connect_timeout", 10.0))),
+        wal_warn_bytes=int(_positive(p, "source.wal_warn_mb", s.get("wal_warn_mb", 1024)) * 2**20),
         target_schema=t.get("schema", ""),
         rule_options=options,
         batch_max_rows=int(_positive(p, "batch.max_rows", b.get("max_rows", 20000))),

@@ -42,6 +42,8 @@ class Hooks:
     batch: Callable[[Batch, float, int], None] | None = None
     watchdog: Callable[[], None] | None = None
     error: Callable[[CdcError], None] | None = None
+    # Every few seconds: dead_letters, seconds_behind, slot_retained_wal_bytes.
+    tick: Callable[[dict[str, Any]], None] | None = None
 
 
 def run(config: Config, stop: threading.Event, hooks: Hooks | None = None,
@@ -106,6 +108,7 @@ class Runner:
         self.hooks = hooks
         self.on_streaming = on_streaming
         self.reader: Any = None
+        self.wal_warned = 0.0
         self.reload = reload or threading.Event()
         self.reloaded: Config | None = None
 
@@ -135,6 +138,8 @@ class Runner:
                 target.close()
         except CdcError as e:
             log.error("reload rejected, the running rules stay: %s", e)
+            if self.hooks.ready:
+                self.hooks.ready()  # ends systemd's RELOADING state
             return False
         self.reloaded = new
         return True
@@ -228,6 +233,7 @@ class Runner:
                     except CdcError:
                         pos = None
                     target.write_status("streaming", source_position=pos, rows_per_second=rate)
+                    self._tick(source, target)
                     if self.hooks.status:
                         self.hooks.status(f"streaming at {batch.position if batch.transactions else start}, "
                                           f"{rate:.0f} rows/s")
@@ -239,6 +245,31 @@ class Runner:
             except CdcError:
                 pass
             log.info("stopped cleanly")
+
+    def _tick(self, source: Any, target: Any) -> None:
+        """Facts for metrics, and the WAL retention guard for a PostgreSQL slot."""
+        facts: dict[str, Any] = {}
+        try:
+            st = target.read_status()
+            facts["dead_letters"] = int(st.get("dead_letters") or 0)
+            ct, now = st.get("source_commit_time"), st.get("now")
+            if ct is not None and now is not None:
+                facts["seconds_behind"] = max(0.0, (now - ct).total_seconds())
+            if hasattr(source, "slot_info"):
+                retained = source.slot_info().get("retained_wal_bytes")
+                facts["slot_retained_wal_bytes"] = retained
+                limit = self.config.wal_warn_bytes
+                now_m = time.monotonic()
+                if retained is not None and retained > limit and now_m - self.wal_warned > 600:
+                    self.wal_warned = now_m
+                    log.warning("replication slot %s retains %d MB of WAL (warning above %d MB):"
+                                " the source keeps it until cdc catches up; if this pipeline is"
+                                " gone for good, drop the slot with `cdc teardown`",
+                                self.config.slot, retained // 2**20, limit // 2**20)
+        except CdcError as e:
+            log.debug("status facts unavailable: %s", e)
+        if self.hooks.tick:
+            self.hooks.tick(facts)
 
     def _make_reader(self, source: Any, start: Any) -> Any:
         if getattr(source, "kind", "") == "mysql" and self.config.decoder_process:

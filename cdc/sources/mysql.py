@@ -57,6 +57,11 @@ def classify(e: Exception, url: DatabaseUrl) -> Exception:
     code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
     msg = e.args[1] if len(e.args) > 1 else str(e)
     where = f"MySQL {url.host}:{url.port}"
+    if code == 1044:
+        return TerminalError(f"{where}: user {url.user!r} has no access to database "
+                             f"{url.database!r}",
+                             fix=f"GRANT SELECT ON `{url.database}`.* TO '{url.user}'@'%';  "
+                                 "(cdc doctor --print-grants lists all it needs)")
     if code in _AUTH:
         return TerminalError(f"{where}: access denied for user {url.user!r}: {msg}",
                              fix="check the user and password in the config URL")

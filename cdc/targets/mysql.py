@@ -573,6 +573,13 @@ class MySQLTarget:
         tx.execute("DELETE FROM cdc_dead_letters WHERE pipeline = %s AND id IN "  # noqa: S608
                    + _marks(len(ids)), [self.pipeline, *ids])
 
+    def forget_pipeline(self) -> None:
+        """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters)."""
+        with self.transaction() as tx:
+            for t in ("cdc_offsets", "cdc_status", "cdc_snapshot_tables", "cdc_dead_letters"):
+                tx.execute(f"DELETE FROM {ident(t, 'mysql')} WHERE pipeline = %s",  # noqa: S608
+                           (self.pipeline,))
+
     # --- snapshot progress ------------------------------------------------------
     def lock_offset_shared(self, tx: _Tx) -> None:
         tx.execute("SELECT 1 FROM cdc_offsets WHERE pipeline = %s LOCK IN SHARE MODE",

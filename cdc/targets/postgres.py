@@ -125,7 +125,11 @@ class PostgresTarget:
         bookkeeping.check_version(current, "postgresql")
         try:
             with conn.transaction():
-                conn.execute("CREATE SCHEMA IF NOT EXISTS cdc")
+                # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when
+                # the schema is there; a least-privilege user gets it made for them.
+                row = conn.execute("SELECT to_regnamespace('cdc') IS NULL").fetchone()
+                if row and row[0]:
+                    conn.execute("CREATE SCHEMA cdc")
                 conn.execute("CREATE TABLE IF NOT EXISTS cdc.schema_version ("
                              "version integer PRIMARY KEY, applied_at timestamptz NOT NULL "
                              "DEFAULT now())")
@@ -449,6 +453,14 @@ class PostgresTarget:
         conn = self.conn()
         with conn.transaction():
             yield conn
+
+    def forget_pipeline(self) -> None:
+        """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters)."""
+        conn = self.conn()
+        with conn.transaction():
+            for t in ("offsets", "status", "snapshot_tables", "dead_letters"):
+                conn.execute(sql.SQL("DELETE FROM cdc.{} WHERE pipeline = %s").format(
+                    sql.Identifier(t)), (self.pipeline,))
 
     # --- snapshot progress ------------------------------------------------------
     def lock_offset_shared(self, conn: Any) -> None:

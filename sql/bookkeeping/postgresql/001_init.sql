@@ -1,7 +1,7 @@
 -- cdc bookkeeping, version 1 (PostgreSQL target).
 -- Everything cdc remembers lives here, in the target, so that data and the
 -- position it came from commit in one transaction.
-CREATE SCHEMA IF NOT EXISTS cdc;
+-- (the schema itself is created by cdc setup when missing)
 
 -- Where each pipeline resumes: written in the same transaction as the data.
 CREATE TABLE IF NOT EXISTS cdc.offsets (
