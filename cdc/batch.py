@@ -7,6 +7,7 @@ image ``N``) numbered in source order, which is what the rule SQL sorts by.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,8 +68,16 @@ def stage_rows(changes: Sequence[RowChange], columns: Sequence[str],
     active = [(i, c) for i, c in enumerate(conv) if c is not None]
     seq = start_seq
 
+    getter = operator.itemgetter(*columns) if len(columns) > 1 else None
+
     def image(values: dict[str, Any]) -> list[Any]:
-        row = [values.get(c) for c in columns]
+        if getter is not None:
+            try:
+                row = list(getter(values))  # C speed; a partial image falls back
+            except KeyError:
+                row = [values.get(c) for c in columns]
+        else:
+            row = [values.get(c) for c in columns]
         for i, fn in active:
             v = row[i]
             if v is not None and v is not UNCHANGED:

@@ -206,7 +206,10 @@ class Runner:
                     t0 = time.perf_counter()
                     staged = target.apply(batch, plan.stages, plan.by_table, plan.converters)
                     elapsed = time.perf_counter() - t0
-                    source.ack(batch.position)
+                    if hasattr(reader, "ack"):
+                        reader.ack(batch.position)
+                    else:
+                        source.ack(batch.position)
                     rows_window.append((time.monotonic(), batch.rows))
                     if self.hooks.batch:
                         self.hooks.batch(batch, elapsed, staged)
@@ -272,7 +275,7 @@ class Runner:
             self.hooks.tick(facts)
 
     def _make_reader(self, source: Any, start: Any) -> Any:
-        if getattr(source, "kind", "") == "mysql" and self.config.decoder_process:
+        if self.config.decoder_process and hasattr(source, "factory"):
             return ProcessReader(source.factory(), start, self.config.queue_transactions)
         return ThreadReader(source, start, self.config.queue_transactions)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing as mp
+import os
 import pickle
 import queue
 import signal
@@ -68,14 +69,18 @@ class ThreadReader:
         self.thread.join(timeout=10)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int | None = None) -> None:
     # If the daemon is killed -9 the decoder must not live on, holding a binlog
-    # connection under our server_id.
+    # connection or the replication slot.
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    # The parent may have died while this process was starting, before the
+    # line above: then nobody would ever kill us.
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def pack(tx: Transaction) -> tuple[Any, ...]:
@@ -113,8 +118,22 @@ def unpack(packed: tuple[Any, ...]) -> Transaction:
     return Transaction(changes, position, commit_time, heartbeat, extra)
 
 
-def _child(factory: Callable[[], Any], start: Any, q: Any, stop: Any) -> None:
-    _die_with_parent()
+def _forward_acks(source: Any, acked: Any, stop: Any) -> None:
+    """In the decoder process: pass the parent's committed position to the
+    source, which reports it to the server (PostgreSQL standby status)."""
+    from cdc.positions import Lsn
+
+    last = 0
+    while not stop.wait(0.2):
+        value = acked.value
+        if value and value != last:
+            last = value
+            source.ack(Lsn(value))
+
+
+def _child(factory: Callable[[], Any], start: Any, q: Any, stop: Any,
+           acked: Any = None, parent: int | None = None) -> None:
+    _die_with_parent(parent)
     # The parent owns shutdown: SIGTERM to the whole unit (systemd's default
     # KillMode) must not kill the decoder before the parent's last commit.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -123,6 +142,9 @@ def _child(factory: Callable[[], Any], start: Any, q: Any, stop: Any) -> None:
     source = None
     try:
         source = factory()
+        if acked is not None:
+            threading.Thread(target=_forward_acks, args=(source, acked, stop),
+                             name="cdc-acks", daemon=True).start()
         for tx in source.stream(start, stop):
             while not stop.is_set():
                 try:
@@ -155,8 +177,10 @@ class ProcessReader:
         ctx = mp.get_context("spawn")
         self.queue: Any = ctx.Queue(maxsize=maxsize)
         self.stop_event = ctx.Event()
+        # Only LSNs (PostgreSQL) need acknowledging; binlog positions do not.
+        self.acked = ctx.Value("Q", 0, lock=False)
         self.proc = ctx.Process(target=_child, args=(factory, start, self.queue,
-                                                     self.stop_event),
+                                                     self.stop_event, self.acked, os.getpid()),
                                 name="cdc-decoder", daemon=True)
 
     def start(self) -> None:
@@ -173,6 +197,11 @@ class ProcessReader:
 
     def get_nowait(self) -> Any:
         return _unpacked(self.queue.get_nowait())
+
+    def ack(self, position: Any) -> None:
+        value = getattr(position, "value", None)
+        if isinstance(value, int):
+            self.acked.value = value
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -23,13 +23,17 @@ from cdc.plan import Plan
 
 
 def has_unchanged(image: dict[str, Any] | None) -> bool:
-    return image is not None and any(v is UNCHANGED for v in image.values())
+    # ``in`` on dict values compares in C (UNCHANGED equals only itself).
+    return image is not None and UNCHANGED in image.values()
 
 
 def fill_unchanged(batch: Batch, plan: Plan, config: Config, source: Any) -> int:
     """Replace every UNCHANGED in ``batch``; returns how many rows needed the source."""
     latest: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
     missing: list[tuple[RowChange, dict[str, Any], tuple[Any, ...]]] = []
+    if not any(has_unchanged(ch.after) or has_unchanged(ch.before)
+               for tx in batch.transactions for ch in tx.changes):
+        return 0  # the common case: one cheap pass
     for tx in batch.transactions:
         for ch in tx.changes:
             stage = plan.stages.get(ch.table)

@@ -14,6 +14,7 @@ other method uses a separate control connection guarded by a lock.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import selectors
@@ -426,6 +427,13 @@ class PostgresSource:
                 sql.Identifier(self.publication)), doing="dropping the publication")
 
     # --- streaming ----------------------------------------------------------------------
+    def factory(self) -> functools.partial[PostgresSource]:
+        """A picklable recipe for an identical source (built in the decoder process)."""
+        return functools.partial(PostgresSource, self.url, slot=self.slot,
+                                 publication=self.publication, tables=self.tables,
+                                 heartbeat_seconds=self.heartbeat_seconds,
+                                 status_interval=self.status_interval)
+
     def ack(self, position: Lsn) -> None:
         """Record that the target committed everything up to ``position`` (any thread).
 

@@ -387,8 +387,9 @@ class MySQLTarget:
         tx = self.tx()
         staged = 0
         self.dead_letters = []
-        positions = {id(ch): tx_.position.encode() for tx_ in batch.transactions
-                     for ch in tx_.changes}
+        from cdc.targets.postgres import _Positions
+
+        positions = _Positions(batch)
         try:
             with tx():
                 if record is None:
@@ -419,7 +420,7 @@ class MySQLTarget:
 
     def _apply_table(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                      table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                     positions: dict[int, str], existing: dict[int, int]) -> int:
+                     positions: Any, existing: dict[int, int]) -> int:
         if any(r.validations for r in table_rules):
             changes = self._validate(tx, st, changes, table_rules, convs, positions, existing)
         try:
@@ -464,7 +465,7 @@ class MySQLTarget:
 
     def _bisect(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                 table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                positions: dict[int, str], existing: dict[int, int]) -> None:
+                positions: Any, existing: dict[int, int]) -> None:
         if len(changes) == 1:
             try:
                 with tx():
@@ -485,7 +486,7 @@ class MySQLTarget:
 
     def _validate(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                   table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                  positions: dict[int, str], existing: dict[int, int]) -> list[RowChange]:
+                  positions: Any, existing: dict[int, int]) -> list[RowChange]:
         failed: dict[int, tuple[str, str]] = {}
         rows = [(*r[:-1], int(r[-1])) for r in stage_rows(changes, st.columns, convs)]
         with tx(force_rollback=True):

@@ -292,8 +292,7 @@ class PostgresTarget:
         conn = self.conn()
         staged = 0
         self.dead_letters = []
-        positions = {id(ch): tx.position.encode() for tx in batch.transactions
-                     for ch in tx.changes}
+        positions = _Positions(batch)
         try:
             with conn.transaction():
                 if record is None:
@@ -330,7 +329,7 @@ class PostgresTarget:
     # rule.  Savepoints and bisection cost nothing until a row fails.
     def _apply_table(self, conn: psycopg.Connection[Any], st: StageTable,
                      changes: list[RowChange], table_rules: list[CompiledRule],
-                     convs: list[Converter | None] | None, positions: dict[int, str],
+                     convs: list[Converter | None] | None, positions: Any,
                      existing: dict[int, int]) -> int:
         staged = 0
         if any(r.validations for r in table_rules):
@@ -378,7 +377,7 @@ class PostgresTarget:
 
     def _bisect(self, conn: psycopg.Connection[Any], st: StageTable, changes: list[RowChange],
                 table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                positions: dict[int, str], existing: dict[int, int]) -> None:
+                positions: Any, existing: dict[int, int]) -> None:
         """Apply ``changes`` in source order, halving around failures until each
         failing change stands alone; those become dead letters."""
         if len(changes) == 1:
@@ -401,7 +400,7 @@ class PostgresTarget:
 
     def _validate(self, conn: psycopg.Connection[Any], st: StageTable, changes: list[RowChange],
                   table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                  positions: dict[int, str], existing: dict[int, int]) -> list[RowChange]:
+                  positions: Any, existing: dict[int, int]) -> list[RowChange]:
         """Set aside changes whose new image fails a rule's validation condition."""
         failed: dict[int, tuple[str, str]] = {}
         with conn.transaction(force_rollback=True):
@@ -555,6 +554,20 @@ class PostgresTarget:
         if self._conn is not None and self._conn.closed:
             self._conn = None
             self._prepared.clear()
+
+
+class _Positions:
+    """``id(change) -> encoded position``, built only if a dead letter needs it."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.map: dict[int, str] | None = None
+
+    def get(self, key: int) -> str | None:
+        if self.map is None:
+            self.map = {id(ch): tx.position.encode() for tx in self.batch.transactions
+                        for ch in tx.changes}
+        return self.map.get(key)
 
 
 class _RowFailure(Exception):
