@@ -336,15 +336,22 @@ def lag_report(cfg: Config) -> dict[str, Any]:
         seconds = max(0.0, (now - commit_time).total_seconds())
     else:
         seconds = None
+    bytes_behind = None
+    if applied is not None and source_pos is not None:
+        a, b = applied.sort_key(), source_pos.sort_key()
+        if a[0] == b[0]:  # same binlog file, or both LSNs
+            bytes_behind = max(0, b[1] - a[1])
     state = st.get("state") or ("never started" if applied is None else "stopped")
     updated = st.get("updated_at")
-    if state == "streaming" and updated is not None and (now - updated).total_seconds() > 60:
+    if state in ("streaming", "failing") and updated is not None and \
+            (now - updated).total_seconds() > 60:
         state = "stopped"  # the daemon stopped writing status without saying so
     report = {
         "pipeline": cfg.pipeline,
         "state": state,
         "seconds_behind": None if seconds is None else round(seconds, 3),
         "caught_up": caught_up,
+        "bytes_behind": bytes_behind,
         "source_position": str(source_pos) if source_pos is not None else None,
         "applied_position": str(applied) if applied is not None else None,
         "last_applied_commit_time": commit_time.isoformat() if commit_time else None,

@@ -89,8 +89,21 @@ def run(config: Config, stop: threading.Event, hooks: Hooks | None = None,
                             time.monotonic() - state["since"], e)
             if hooks.status:
                 hooks.status(f"retrying: {e}")
+            _record_failing(config, e)
             stop.wait(state["delay"] * (0.5 + random.random()))
             state["delay"] = min(state["delay"] * 2, config.retry_max_seconds)
+
+
+def _record_failing(config: Config, e: CdcError) -> None:
+    """Best effort: `cdc lag` shows 'failing' and why while we retry."""
+    try:
+        target = open_target(config)
+        try:
+            target.write_status("failing", message=str(e)[:500])
+        finally:
+            target.close()
+    except (CdcError, Exception):  # the target may be what is down
+        pass
 
 
 def _noop() -> None:

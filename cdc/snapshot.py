@@ -204,6 +204,12 @@ class Snapshot:
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo) or 1))) as pool:
             for res in pool.map(lambda j: self._copy_table(plan, *j), todo):
                 results.append(res)
+        if not self.stop.is_set():
+            target = open_target(cfg)
+            try:
+                target.snapshot_ended()
+            finally:
+                target.close()
         return results
 
     # --- preparation ----------------------------------------------------------

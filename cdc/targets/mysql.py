@@ -612,6 +612,11 @@ class MySQLTarget:
                 " updated_at > UTC_TIMESTAMP(6) - INTERVAL 60 SECOND, state, 'snapshotting'),"
                 " updated_at = UTC_TIMESTAMP(6)", (self.pipeline,))
 
+    def snapshot_ended(self) -> None:
+        with self.transaction() as tx:
+            tx.execute("UPDATE cdc_status SET state = 'stopped', updated_at = UTC_TIMESTAMP(6)"
+                       " WHERE pipeline = %s AND state = 'snapshotting'", (self.pipeline,))
+
     def snapshot_chunk(self, tx: _Tx, table: str, last_key: str, rows: int) -> None:
         tx.execute("UPDATE cdc_snapshot_tables SET last_key = %s, rows_done = rows_done + %s,"
                    " chunks_done = chunks_done + 1 WHERE pipeline = %s AND table_name = %s",

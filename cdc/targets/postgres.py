@@ -501,6 +501,12 @@ class PostgresTarget:
                 " '60 seconds' THEN s.state ELSE 'snapshotting' END, updated_at = now()",
                 (self.pipeline,))
 
+    def snapshot_ended(self) -> None:
+        conn = self.conn()
+        with conn.transaction():
+            conn.execute("UPDATE cdc.status SET state = 'stopped', updated_at = now()"
+                         " WHERE pipeline = %s AND state = 'snapshotting'", (self.pipeline,))
+
     def snapshot_chunk(self, conn: Any, table: str, last_key: str, rows: int) -> None:
         conn.execute("UPDATE cdc.snapshot_tables SET last_key = %s, rows_done = rows_done + %s,"
                      " chunks_done = chunks_done + 1 WHERE pipeline = %s AND table_name = %s",
