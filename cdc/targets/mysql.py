@@ -431,6 +431,15 @@ class MySQLTarget:
         self._bisect(tx, st, changes, table_rules, convs, positions, existing)
         return 0
 
+    def prepare_tables(self, tx: _Tx, stages: Sequence[StageTable],
+                       rules: Sequence[CompiledRule]) -> None:
+        self._prepare(tx, stages, rules)
+
+    def stage_only(self, tx: _Tx, st: StageTable, changes: list[RowChange],
+                   convs: list[Converter | None] | None) -> None:
+        """Replace the staging table's rows with these changes (for `cdc verify`)."""
+        self._load(tx, st, [(*r[:-1], int(r[-1])) for r in stage_rows(changes, st.columns, convs)])
+
     def _load(self, tx: _Tx, st: StageTable, rows: list[tuple[Any, ...]]) -> None:
         tx.execute(st.truncate)
         if not rows:

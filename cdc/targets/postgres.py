@@ -365,6 +365,17 @@ class PostgresTarget:
                         raise _rule_error(r, e) from None
         return len(rows)
 
+    def prepare_tables(self, conn: Any, stages: Sequence[StageTable],
+                       rules: Sequence[CompiledRule]) -> None:
+        self._prepare(conn, stages, rules)
+
+    def stage_only(self, conn: Any, st: StageTable, changes: list[RowChange],
+                   convs: list[Converter | None] | None) -> None:
+        """Replace the staging table's rows with these changes (for `cdc verify`)."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(st.name)))
+            self._copy(cur, st, stage_rows(changes, st.columns, convs))
+
     def _copy(self, cur: psycopg.Cursor[Any], st: StageTable, rows: list[tuple[Any, ...]]) -> None:
         cols = sql.SQL(", ").join(
             [sql.Identifier(c) for c in st.columns]
