@@ -16,6 +16,7 @@ import pickle
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -170,13 +171,40 @@ def _unpacked(item: Any) -> Any:
     return unpack(item) if isinstance(item, tuple) else item
 
 
+class SharedFlag:
+    """A stop flag shared with the decoder process, without locks.
+
+    multiprocessing.Event is built on a lock; a decoder that dies while one of
+    its threads holds it leaves the parent hanging in ``set()`` forever.  One
+    shared byte, read and written whole, cannot be left half-taken.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self.value = ctx.Value("b", 0, lock=False)
+
+    def set(self) -> None:
+        self.value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self.value.value)
+
+    def wait(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while not self.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.05, left))
+        return True
+
+
 class ProcessReader:
     """``source.stream`` in a child process; ``factory`` builds the source there."""
 
     def __init__(self, factory: Callable[[], Any], start: Any, maxsize: int) -> None:
         ctx = mp.get_context("spawn")
         self.queue: Any = ctx.Queue(maxsize=maxsize)
-        self.stop_event = ctx.Event()
+        self.stop_event = SharedFlag(ctx)
         # Only LSNs (PostgreSQL) need acknowledging; binlog positions do not.
         self.acked = ctx.Value("Q", 0, lock=False)
         self.proc = ctx.Process(target=_child, args=(factory, start, self.queue,

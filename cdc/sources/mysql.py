@@ -7,13 +7,14 @@ restart resumes.  Runs in the reader thread; it never touches the target.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
@@ -33,6 +34,7 @@ from cdc.events import RowChange, Transaction
 from cdc.positions import BinlogPosition
 
 log = logging.getLogger("cdc.source.mysql")
+T = TypeVar("T")
 
 # Error codes that mean "the connection is gone", after which reconnecting and
 # resuming from the committed position is the cure.
@@ -73,6 +75,24 @@ def classify(e: Exception, url: DatabaseUrl) -> Exception:
     return SourceError(f"{where}: {msg}")
 
 
+def _guarded(fn: Callable[..., T]) -> Callable[..., T]:
+    """Control-connection calls: a driver error becomes one of ours (a lost
+    connection is transient) and the broken connection is dropped."""
+
+    @functools.wraps(fn)
+    def wrapper(self: MySQLSource, *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(self, *args, **kwargs)
+        except (pymysql.err.MySQLError, OSError) as e:
+            self.close()
+            if isinstance(e, pymysql.err.InterfaceError | OSError):
+                raise ConnectionLost(f"MySQL {self.url.host}:{self.url.port}: connection lost"
+                                     ) from None
+            raise classify(e, self.url) from None
+
+    return wrapper
+
+
 class MySQLSource:
     kind = "mysql"
 
@@ -99,15 +119,18 @@ class MySQLSource:
 
     def close(self) -> None:
         if self._conn is not None and self._conn.open:
-            self._conn.close()
+            with contextlib.suppress(Exception):
+                self._conn.close()
         self._conn = None
 
+    @_guarded
     def table(self, name: str) -> TableSchema | None:
         return catalog.mysql_table(self.conn(), self.url.database, name)
 
     def table_exists(self, name: str) -> bool:
         return self.table(name) is not None
 
+    @_guarded
     def variables(self) -> dict[str, str]:
         with self.conn().cursor() as cur:
             cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format',"
@@ -128,6 +151,7 @@ class MySQLSource:
             raise SourceError(f"the source writes binlog_row_image={v.get('binlog_row_image')}, "
                               "not FULL", fix="SET GLOBAL binlog_row_image = 'FULL';")
 
+    @_guarded
     def current_position(self) -> BinlogPosition:
         with self.conn().cursor() as cur:
             try:
@@ -142,6 +166,7 @@ class MySQLSource:
                               fix="set log_bin=mysql-bin in the server config and restart")
         return BinlogPosition(str(row[0]), int(row[1]))
 
+    @_guarded
     def first_position(self) -> BinlogPosition:
         with self.conn().cursor() as cur:
             cur.execute("SHOW BINARY LOGS")
@@ -151,6 +176,7 @@ class MySQLSource:
                               fix="set log_bin=mysql-bin in the server config and restart")
         return BinlogPosition(str(row[0]), 4)
 
+    @_guarded
     def position_available(self, pos: BinlogPosition) -> bool:
         with self.conn().cursor() as cur:
             cur.execute("SHOW BINARY LOGS")

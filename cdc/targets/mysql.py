@@ -50,6 +50,8 @@ def _code(e: BaseException) -> int:
 
 def classify(e: BaseException, config: Config) -> Exception:
     url = config.target
+    if isinstance(e, pymysql.err.InterfaceError | OSError):
+        return ConnectionLost(f"MySQL target {url.host}:{url.port}: connection lost")
     code = _code(e)
     where = f"MySQL target {url.host}:{url.port}"
     msg = e.args[1] if len(e.args) > 1 else str(e)
@@ -410,7 +412,7 @@ class MySQLTarget:
                 else:
                     self._write_offset(tx, batch.position, batch.commit_time,
                                        batch.data_transactions, batch.rows)
-        except pymysql.err.MySQLError as e:
+        except (pymysql.err.MySQLError, OSError) as e:
             self._after_error()
             raise classify(e, self.config) from None
         except BaseException:
@@ -542,6 +544,8 @@ class MySQLTarget:
                 if self._conn.open:
                     self._conn.ping(reconnect=False)
                     return
+            with contextlib.suppress(Exception):
+                self._conn.close()
             self._conn = None
             self._prepared.clear()
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pgerr
@@ -25,6 +26,7 @@ from cdc.positions import Position, decode_position
 from cdc.rules.compile import CompiledRule, StageTable
 
 log = logging.getLogger("cdc.target.postgres")
+T = TypeVar("T")
 
 _TRANSIENT = (pgerr.SerializationFailure, pgerr.DeadlockDetected, pgerr.LockNotAvailable,
               pgerr.AdminShutdown, pgerr.CrashShutdown, pgerr.CannotConnectNow,
@@ -65,6 +67,21 @@ def connect(url: DatabaseUrl, *, timeout: float = 10.0, autocommit: bool = False
     return conn
 
 
+def _guarded(fn: Callable[..., T]) -> Callable[..., T]:
+    """Bookkeeping calls: a driver error becomes one of ours (a lost connection
+    is transient) and a broken connection is dropped for the next call."""
+
+    @functools.wraps(fn)
+    def wrapper(self: PostgresTarget, *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(self, *args, **kwargs)
+        except psycopg.Error as e:
+            self._after_error()
+            raise classify(e, self.url) from None
+
+    return wrapper
+
+
 class PostgresTarget:
     kind = "postgresql"
 
@@ -91,6 +108,7 @@ class PostgresTarget:
             self._conn.close()
         self._conn = None
 
+    @_guarded
     def table(self, name: str) -> TableSchema | None:
         conn = self.conn()
         try:
@@ -98,6 +116,7 @@ class PostgresTarget:
         finally:
             conn.rollback()
 
+    @_guarded
     def unique_keys(self, name: str) -> list[tuple[str, ...]]:
         conn = self.conn()
         try:
@@ -106,6 +125,7 @@ class PostgresTarget:
             conn.rollback()
 
     # --- bookkeeping --------------------------------------------------------
+    @_guarded
     def schema_version(self) -> int:
         conn = self.conn()
         try:
@@ -150,6 +170,7 @@ class PostgresTarget:
             raise classify(e, self.url) from None
         return current
 
+    @_guarded
     def require_schema(self) -> None:
         v = self.schema_version()
         bookkeeping.check_version(v, "postgresql")
@@ -158,6 +179,7 @@ class PostgresTarget:
                                 f"this cdc needs {bookkeeping.latest_version('postgresql')}",
                                 fix="run `cdc setup`")
 
+    @_guarded
     def load_offset(self) -> tuple[Position, datetime | None] | None:
         conn = self.conn()
         try:
@@ -169,6 +191,7 @@ class PostgresTarget:
             return None
         return decode_position(row[0]), row[1]
 
+    @_guarded
     def save_offset(self, position: Position, commit_time: datetime | None = None,
                     *, only_if_missing: bool = False) -> None:
         conn = self.conn()
@@ -192,6 +215,7 @@ class PostgresTarget:
             " rows_applied = o.rows_applied + EXCLUDED.rows_applied",
             (self.pipeline, position.encode(), commit_time, txs, rows))
 
+    @_guarded
     def write_status(self, state: str, *, source_position: Position | None = None,
                      rows_per_second: float | None = None, message: str | None = None) -> None:
         conn = self.conn()
@@ -211,6 +235,7 @@ class PostgresTarget:
                  source_position.encode() if source_position else None, rows_per_second,
                  message, os.getpid(), socket.gethostname()))
 
+    @_guarded
     def read_status(self) -> dict[str, Any]:
         conn = self.conn()
         try:
@@ -248,6 +273,7 @@ class PostgresTarget:
                     raise _rule_error(r, e) from None
                 self._prepared.add(r.result_name)
 
+    @_guarded
     def check_rules(self, stages: Sequence[StageTable], rules: Sequence[CompiledRule]) -> None:
         """Run every statement against empty staging tables, then roll back.
 
@@ -464,6 +490,7 @@ class PostgresTarget:
         with conn.transaction():
             yield conn
 
+    @_guarded
     def forget_pipeline(self) -> None:
         """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters)."""
         conn = self.conn()
@@ -476,6 +503,7 @@ class PostgresTarget:
     def lock_offset_shared(self, conn: Any) -> None:
         conn.execute("SELECT 1 FROM cdc.offsets WHERE pipeline = %s FOR SHARE", (self.pipeline,))
 
+    @_guarded
     def snapshot_state(self, table: str) -> dict[str, Any] | None:
         conn = self.conn()
         try:
@@ -489,6 +517,7 @@ class PostgresTarget:
             conn.rollback()
         return dict(zip(names, row, strict=True)) if row else None
 
+    @_guarded
     def snapshot_begin(self, table: str, where: str | None, estimated: int | None,
                        truncate: list[str]) -> None:
         conn = self.conn()
@@ -512,6 +541,7 @@ class PostgresTarget:
                 " '60 seconds' THEN s.state ELSE 'snapshotting' END, updated_at = now()",
                 (self.pipeline,))
 
+    @_guarded
     def snapshot_ended(self) -> None:
         conn = self.conn()
         with conn.transaction():
@@ -528,6 +558,7 @@ class PostgresTarget:
                      " WHERE pipeline = %s AND table_name = %s", (self.pipeline, table))
 
     # --- dead-letter table ----------------------------------------------------
+    @_guarded
     def dead_letter_rows(self, ids: list[int] | None = None, *, due_only: bool = False,
                          max_attempts: int | None = None) -> list[dict[str, Any]]:
         conn = self.conn()
@@ -552,6 +583,7 @@ class PostgresTarget:
         finally:
             conn.rollback()
 
+    @_guarded
     def drop_dead_letters(self, ids: list[int] | None) -> int:
         conn = self.conn()
         with conn.transaction():
@@ -568,7 +600,9 @@ class PostgresTarget:
                      (self.pipeline, ids))
 
     def _after_error(self) -> None:
-        if self._conn is not None and self._conn.closed:
+        if self._conn is not None and (self._conn.closed or self._conn.broken):
+            with contextlib.suppress(Exception):
+                self._conn.close()
             self._conn = None
             self._prepared.clear()
 
