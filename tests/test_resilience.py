@@ -223,3 +223,35 @@ def test_terminal_errors_exit_3_with_one_line(tmp_path: Path, mysql_db: Any, pg_
     assert p.returncode == 3, p.stderr
     assert "no longer on the source (purged)" in p.stderr and "cdc snapshot" in p.stderr
     assert old.split(":")[1] in p.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_ten_times_under_load(tmp_path: Path, mysql_db: Any, pg_db: Any) -> None:
+    """kill -9 `cdc run` at 12 random moments while a writer keeps committing
+    multi-row transactions (inserts, updates, deletes, key changes): tens of
+    thousands of row changes, and the target ends equal by key and content."""
+    mysql_db.execute(SRC)
+    pg_db.execute(TGT)
+    cfg = write_pipeline(tmp_path, mysql_db.url, pg_db.url, {"items": RULE},
+                         extra="batch:\n  max_rows: 2000\n")
+    cdc("setup", "-c", str(cfg))
+    log = tmp_path / "run.log"
+    daemon = DaemonProcess(cfg, log)
+    rnd = random.Random(1234)
+    with Writer(mysql_db.url, 3) as w:
+        for _ in range(12):
+            daemon.start()
+            time.sleep(rnd.uniform(0.4, 2.0))
+            daemon.kill9()
+        # Let the writer reach tens of thousands of row changes.
+        while w.done < 450:
+            time.sleep(0.2)
+    changes = mysql_db.query("SELECT COUNT(*) FROM items")[0][0]
+    daemon.start()
+    try:
+        wait_caught_up(load(cfg), timeout=180)
+    finally:
+        assert daemon.terminate() == 0, log.read_text()[-3000:]
+    assert w.done * 20 >= 9000 and changes > 0  # ~55 row changes per transaction
+    equal(mysql_db, pg_db)
+    assert "Traceback" not in log.read_text()
