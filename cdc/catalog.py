@@ -7,6 +7,7 @@ nothing else.  Functions take an open DB-API connection and do plain queries.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,21 @@ def mysql_table(conn: Any, database: str, name: str) -> TableSchema | None:
             Column(_s(r[0]), _s(r[1]).lower(), _s(r[2]) == "YES", _s(r[3]).lower())
             for r in rows
         )
+        # MariaDB's JSON is LONGTEXT plus CHECK (json_valid(col)); treat it as JSON
+        # so it stages as jsonb, like MySQL's native JSON type.
+        json_cols: set[str] = set()
+        try:
+            cur.execute("SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS"
+                        " WHERE CONSTRAINT_SCHEMA = %s AND TABLE_NAME = %s", (schema, table))
+            for (clause,) in cur.fetchall():
+                m = re.fullmatch(r"\s*json_valid\(`((?:[^`]|``)+)`\)\s*", _s(clause))
+                if m:
+                    json_cols.add(m.group(1).replace("``", "`"))
+        except Exception:  # MySQL < 8.0.16 has no CHECK_CONSTRAINTS view
+            json_cols = set()
+        if json_cols:
+            cols = tuple(Column(c.name, "json", c.nullable, "json") if c.name in json_cols
+                         and c.base_type == "longtext" else c for c in cols)
         cur.execute(
             "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE"
             " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND CONSTRAINT_NAME = 'PRIMARY'"
