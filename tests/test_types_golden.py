@@ -84,3 +84,74 @@ def test_mysql_types_to_postgres_snapshot_and_stream(tmp_path: Path, mysql_db: A
             assert snap == expected, f"{name}: {snap!r} != {expected!r}"
         else:
             assert snap == expected, f"{name}: {snap!r} != {expected!r}"
+
+
+def test_zero_dates_become_null_both_ways(tmp_path: Path, mysql_db: Any, pg_db: Any) -> None:
+    mysql_db.execute("SET SESSION sql_mode = ''")
+    mysql_db.execute("CREATE TABLE zd (id INT PRIMARY KEY, d DATE NULL, dt DATETIME NULL)")
+    pg_db.execute("CREATE TABLE t_zd (id integer PRIMARY KEY, d date, dt timestamp)")
+    cfg = write_pipeline(tmp_path, mysql_db.url, pg_db.url, {
+        "zd": "INSERT INTO t_zd (id, d, dt) SELECT z.id, z.d, z.dt FROM zd AS z"})
+    insert = ("SET SESSION sql_mode = ''; INSERT INTO zd VALUES ({0}, '0000-00-00', "
+              "'0000-00-00 00:00:00'), ({1}, '2024-00-15', '2024-05-00 10:00:00')")
+    mysql_db.execute(insert.format(1, 2))
+    cdc("setup", "-c", str(cfg))
+    cdc("snapshot", "-c", str(cfg))
+    with PipelineThread(cfg) as p:
+        mysql_db.execute(insert.format(3, 4))
+        p.wait_caught_up()
+    assert sorted(pg_db.query("SELECT id, d, dt FROM t_zd")) == [
+        (1, None, None), (2, None, None), (3, None, None), (4, None, None)]
+    assert pg_db.query("SELECT count(*) FROM cdc.dead_letters") == [(0,)]
+
+
+def test_time_zones_on_non_utc_servers(tmp_path: Path) -> None:
+    """TIMESTAMP/timestamptz are instants, DATETIME/timestamp wall-clock values,
+    whatever zone either server runs in."""
+    import tempfile
+
+    import psycopg
+    import pymysql
+
+    from cdc.devservers import MariaDBServer, PostgresServer
+
+    with tempfile.TemporaryDirectory(prefix="cdc-tz-") as d:
+        base = Path(d)
+        base.chmod(0o755)
+        my = MariaDBServer(base, timezone="+05:00")
+        pg = PostgresServer(base, timezone="Asia/Shanghai")
+        my.start(die_with_parent=True)
+        pg.start(die_with_parent=True)
+        try:
+            my.create_database("src")
+            pg.create_database("tgt")
+            my.execute("CREATE TABLE t (id INT PRIMARY KEY, ts TIMESTAMP NULL, dt DATETIME)",
+                       dbname="src")
+            with psycopg.connect(pg.url("tgt"), autocommit=True) as c:
+                c.execute("CREATE TABLE t_t (id integer PRIMARY KEY, ts timestamptz,"
+                          " dt timestamp)")
+            cfg = write_pipeline(tmp_path, my.url("src"), pg.url("tgt"), {
+                "t": "INSERT INTO t_t (id, ts, dt) SELECT x.id, x.ts, x.dt FROM t AS x"})
+
+            def insert(i: int) -> None:
+                conn = pymysql.connect(host=my.host, port=my.port, user="root",
+                                       password=my.password, database="src", autocommit=True)
+                with conn.cursor() as cur:  # the session runs in the server's +05:00
+                    cur.execute(f"INSERT INTO t VALUES ({i}, '2024-01-01 12:00:00',"
+                                " '2024-01-01 12:00:00')")
+                conn.close()
+
+            insert(1)
+            cdc("setup", "-c", str(cfg))
+            cdc("snapshot", "-c", str(cfg))
+            with PipelineThread(cfg) as p:
+                insert(2)
+                p.wait_caught_up()
+            with psycopg.connect(pg.url("tgt")) as c:
+                rows = c.execute("SELECT id, ts, dt FROM t_t ORDER BY id").fetchall()
+        finally:
+            my.stop()
+            pg.stop()
+    instant = datetime(2024, 1, 1, 7, 0, tzinfo=UTC)  # 12:00 at +05:00
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (1, instant, datetime(2024, 1, 1, 12, 0)), (2, instant, datetime(2024, 1, 1, 12, 0))]

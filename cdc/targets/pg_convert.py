@@ -36,6 +36,17 @@ def _bits(v: Any) -> Any:
     return v
 
 
+def _zero_date(v: Any) -> Any:
+    """MySQL zero and partial-zero dates ('0000-00-00', '2024-00-15') have no
+    PostgreSQL value.  The binlog decoder already yields None for them; a
+    snapshot SELECT yields the text, so both arrive as NULL (types.zero_dates)."""
+    if isinstance(v, str | bytes):
+        text = v.decode() if isinstance(v, bytes) else v
+        if text[:4] == "0000" or "-00" in text[:10]:
+            return None
+    return v
+
+
 def converters(stage: StageTable) -> list[Converter | None]:
     out: list[Converter | None] = []
     for col, t in zip(stage.source.columns, stage.types, strict=True):
@@ -43,6 +54,8 @@ def converters(stage: StageTable) -> list[Converter | None]:
             out.append(_jsonb)
         elif col.base_type == "set":
             out.append(_set_text)
+        elif col.base_type in ("date", "datetime", "timestamp"):
+            out.append(_zero_date)
         elif col.base_type == "bit":
             out.append(_bits)
         else:
