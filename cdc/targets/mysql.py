@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import math
 import logging
 import os
 import socket
@@ -94,6 +95,10 @@ def _plain(v: Any) -> Any:
         return _naive_utc(v)
     if isinstance(v, Decimal) and not v.is_finite():
         return str(v)  # a text staging column keeps NaN; a numeric one rejects it loudly
+    if isinstance(v, float) and not math.isfinite(v):
+        # MySQL has no NaN or infinity: as text, strict mode rejects the row
+        # (a dead letter with the reason) instead of storing something else.
+        return str(v)
     return v
 
 
