@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import math
 import logging
+import math
 import os
 import socket
 import uuid
