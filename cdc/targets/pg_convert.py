@@ -50,7 +50,7 @@ def _zero_date(v: Any) -> Any:
 def converters(stage: StageTable) -> list[Converter | None]:
     out: list[Converter | None] = []
     for col, t in zip(stage.source.columns, stage.types, strict=True):
-        if t == "jsonb":
+        if t in ("jsonb", "json"):
             out.append(_jsonb)
         elif col.base_type == "set":
             out.append(_set_text)
