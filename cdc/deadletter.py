@@ -28,6 +28,7 @@ MYSQL_ROW_ERRORS = {
     1265,  # data truncated
     1292,  # incorrect datetime / truncated incorrect value
     1366,  # incorrect integer/string value
+    1367,  # illegal value for the type (e.g. 'inf' into DOUBLE)
     1406,  # data too long
     1365,  # division by 0
     3819,  # check constraint violated (MySQL 8)

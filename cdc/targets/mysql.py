@@ -464,7 +464,13 @@ class MySQLTarget:
                        table_rules: list[CompiledRule],
                        convs: list[Converter | None] | None) -> int:
         rows = [(*r[:-1], int(r[-1])) for r in stage_rows(changes, st.columns, convs)]
-        self._load(tx, st, rows)
+        try:
+            self._load(tx, st, rows)
+        except pymysql.err.MySQLError as e:
+            # A value the staging column cannot hold is the row's problem.
+            if _code(e) in MYSQL_ROW_ERRORS and table_rules:
+                raise _RowFailure(table_rules[0], e) from None
+            raise
         for r in table_rules:
             tx.execute(r.clear_result)
             for stmt in r.statements():

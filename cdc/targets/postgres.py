@@ -378,7 +378,13 @@ class PostgresTarget:
                 for r in table_rules:
                     cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(r.result_name)))
             rows = stage_rows(changes, st.columns, convs)
-            self._copy(cur, st, rows)
+            try:
+                self._copy(cur, st, rows)
+            except psycopg.Error as e:
+                # A value the staging column cannot hold is the row's problem.
+                if pg_is_row_error(e.sqlstate) and table_rules:
+                    raise _RowFailure(table_rules[0], e) from None
+                raise
             for r in table_rules:
                 for stmt in r.statements():
                     try:
