@@ -58,7 +58,9 @@ def _mysql_to_pg(col: Column) -> str:
     if base in ("double", "real"):
         return "double precision"
     if base == "bit":
-        return "bigint"
+        # BIT(64) with the top bit set exceeds bigint.
+        p = _params(t)
+        return "numeric(20,0)" if p and int(p[0]) > 63 else "bigint"
     if base == "year":
         return "smallint"
     if base == "date":
