@@ -155,3 +155,30 @@ def test_time_zones_on_non_utc_servers(tmp_path: Path) -> None:
     instant = datetime(2024, 1, 1, 7, 0, tzinfo=UTC)  # 12:00 at +05:00
     assert [(r[0], r[1], r[2]) for r in rows] == [
         (1, instant, datetime(2024, 1, 1, 12, 0)), (2, instant, datetime(2024, 1, 1, 12, 0))]
+
+
+def test_mysql_to_mysql_carries_every_value_as_is(tmp_path: Path, mysql_db: Any,
+                                                 make_mysql_db: Any) -> None:
+    """Same types on both sides: the target row must equal the source row exactly,
+    through snapshot (row 1) and stream (row 2)."""
+    tgt = make_mysql_db()
+    ddl = ", ".join(f"`{n}` {t}" for n, t, _, _, _ in COLUMNS)
+    mysql_db.execute(f"CREATE TABLE vals (id INT PRIMARY KEY, {ddl}) DEFAULT CHARSET=utf8mb4")
+    tgt.execute(f"CREATE TABLE t_vals (id INT PRIMARY KEY, {ddl}) DEFAULT CHARSET=utf8mb4")
+    cols = ", ".join(f"`{n}`" for n, *_ in COLUMNS)
+    rule = (f"INSERT INTO t_vals (id, {cols}) SELECT v.id, "
+            + ", ".join(f"v.`{n}`" for n, *_ in COLUMNS) + " FROM vals AS v")
+    cfg = write_pipeline(tmp_path, mysql_db.url, tgt.url, {"vals": rule})
+    literals = ", ".join(lit for *_, lit, _ in COLUMNS)
+    mysql_db.execute(f"INSERT INTO vals VALUES (1, {literals})")
+    cdc("setup", "-c", str(cfg))
+    cdc("snapshot", "-c", str(cfg))
+    with PipelineThread(cfg) as p:
+        mysql_db.execute(f"INSERT INTO vals VALUES (2, {literals})")
+        p.wait_caught_up()
+    q = f"SELECT id, {cols} FROM {{}} ORDER BY id"  # one server, one session time zone
+    source = mysql_db.query(q.format("vals"))
+    target = tgt.query(q.format("t_vals"))
+    assert tgt.query("SELECT error FROM cdc_dead_letters") == []
+    assert target == source
+    assert len(target) == 2 and target[0][1:] == target[1][1:]

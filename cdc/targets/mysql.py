@@ -108,10 +108,21 @@ def _interval_text(v: Any) -> Any:
     return _plain(v)
 
 
+def _bits(v: Any) -> Any:
+    # The binlog decoder gives BIT as a string of 0s and 1s; a SELECT gives bytes.
+    if isinstance(v, str):
+        return int(v, 2)
+    if isinstance(v, bytes):
+        return int.from_bytes(v, "big")
+    return v
+
+
 def converters(stage: StageTable) -> list[Converter | None]:
     out: list[Converter | None] = []
-    for t in stage.types:
-        if t == "json":
+    for col, t in zip(stage.source.columns, stage.types, strict=True):
+        if col.base_type == "bit":
+            out.append(_bits)
+        elif t == "json":
             out.append(_json_text)
         elif t.startswith("datetime"):
             out.append(_naive_utc)
