@@ -21,7 +21,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -93,6 +93,9 @@ def _plain(v: Any) -> Any:
         return json.dumps(v, ensure_ascii=False, default=str)
     if isinstance(v, datetime):
         return _naive_utc(v)
+    if isinstance(v, time) and v.tzinfo is not None:
+        # timetz stages as text; pymysql would drop the offset of a time value.
+        return v.isoformat()
     if isinstance(v, Decimal) and not v.is_finite():
         return str(v)  # a text staging column keeps NaN; a numeric one rejects it loudly
     if isinstance(v, float) and not math.isfinite(v):
