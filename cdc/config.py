@@ -62,6 +62,7 @@ SCHEMA: dict[str, Any] = {
     "snapshot": {
         "chunk_rows": _INT,
         "workers": _INT,
+        "source_text": _BOOL,
     },
     "retry": {
         "initial_seconds": _NUM,
@@ -175,6 +176,8 @@ class Config:
     decoder_process: bool = True
     snapshot_chunk_rows: int = 20000
     snapshot_workers: int = 2
+    # Let the source server render rows as COPY text (cdc.sources.copytext).
+    snapshot_source_text: bool = True
     retry_initial_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     dlq_max_attempts: int = 5
@@ -360,6 +363,7 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
         decoder_process=b.get("decoder_process", True),
         snapshot_chunk_rows=int(_positive(p, "snapshot.chunk_rows", snap.get("chunk_rows", 20000))),
         snapshot_workers=int(_positive(p, "snapshot.workers", snap.get("workers", 2))),
+        snapshot_source_text=bool(snap.get("source_text", True)),
         retry_initial_seconds=retry.get("initial_seconds", 1.0),
         retry_max_seconds=retry.get("max_seconds", 60.0),
         dlq_max_attempts=dlq.get("max_attempts", 5),

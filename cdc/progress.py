@@ -66,7 +66,7 @@ class Display:
             else:
                 rate = r.rows_done / r.seconds if r.seconds > 0 else 0.0
                 lines.append(f"  {r.table}: {r.rows_done:,} rows in {r.seconds:.1f}s "
-                             f"({rate:,.0f} rows/s){' (resumed)' if r.resumed else ''}")
+                             f"({rate:,.0f} rows/s, {r.path}){' (resumed)' if r.resumed else ''}")
         total_rate = rows / seconds if seconds > 0 else 0.0
         lines.append(f"  total: {rows:,} rows in {seconds:.1f}s ({total_rate:,.0f} rows/s)")
         return "\n".join(lines)

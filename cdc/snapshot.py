@@ -24,12 +24,14 @@ No source locks are taken: each chunk is a plain short read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +47,7 @@ from cdc.plan import Plan, attach_converters, build_plan, parse_rules
 from cdc.positions import BinlogPosition, Position
 from cdc.rules.compile import ident, table_sql
 from cdc.rules.parse import sqlglot_dialect
-from cdc.sources import open_source
+from cdc.sources import copytext, open_source
 from cdc.targets import open_target
 
 log = logging.getLogger("cdc.snapshot")
@@ -61,6 +63,8 @@ class TableProgress:
     finished: float | None = None
     resumed: bool = False
     skipped: bool = False
+    # How rows travelled: "source text" (cdc.sources.copytext) or "values".
+    path: str = "values"
 
     @property
     def seconds(self) -> float:
@@ -80,11 +84,27 @@ def _check_where(where: str | None, dialect: str) -> None:
                           f"{str(e).splitlines()[0]}") from None
 
 
-class ChunkReader:
-    """Keyset pagination over one source table, on its own connection."""
+@dataclass(slots=True)
+class Chunk:
+    """One keyset chunk as read: value rows, or COPY text the source rendered."""
 
-    def __init__(self, config: Config, source: Any, table: str, columns: list[str],
-                 pk: list[str], where: str | None, chunk_rows: int) -> None:
+    count: int
+    last_key: tuple[Any, ...] | None
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    text: bytes | None = None
+
+
+class ChunkReader:
+    """Keyset pagination over one source table, on its own connection.
+
+    With ``text=True`` and a type set that allows it (cdc.sources.copytext),
+    the source server renders each row as a COPY text line for a PostgreSQL
+    target and Python only passes the bytes on.
+    """
+
+    def __init__(self, config: Config, table: str, columns: list[str],
+                 pk: list[str], where: str | None, chunk_rows: int,
+                 line_sql: str | None = None) -> None:
         self.config = config
         self.kind = config.source.kind
         d = sqlglot_dialect(self.kind)
@@ -93,13 +113,29 @@ class ChunkReader:
         marks = ", ".join(["%s"] * len(pk))
         cond = f"({where})" if where else "1 = 1"
         tref = table_sql(table, d) if self.kind == "mysql" else _pg_table(table)
-        self.first_sql = (f"SELECT {cols} FROM {tref} WHERE {cond} "  # noqa: S608 - quoted
-                          f"ORDER BY {keys} LIMIT {int(chunk_rows)}")
-        self.next_sql = (f"SELECT {cols} FROM {tref} WHERE {cond} AND ({keys}) > ({marks}) "  # noqa: S608
-                         f"ORDER BY {keys} LIMIT {int(chunk_rows)}")
+        order = f"ORDER BY {keys}"
+        limit = f"LIMIT {int(chunk_rows)}"
+        after = f"({keys}) > ({marks})"
+        upto = f"({keys}) <= ({marks})"
+
+        def select(what: str, *conds: str, lim: str = limit) -> str:
+            where_sql = " AND ".join((cond, *conds))
+            return f"SELECT {what} FROM {tref} WHERE {where_sql} {order} {lim}"  # noqa: S608
+
+        self.sql = {
+            (False, False): select(cols),
+            (False, True): select(cols, after),
+            # A re-read of exactly the key range a text chunk covered.
+            ("upto", False): select(cols, upto, lim=""),
+            ("upto", True): select(cols, after, upto, lim=""),
+        }
+        self.line_sql = line_sql
+        if line_sql is not None:
+            self.sql[(True, False)] = select(f"{line_sql}, {keys}")
+            self.sql[(True, True)] = select(f"{line_sql}, {keys}", after)
         self.columns = columns
         self.pk_index = [columns.index(c) for c in pk]
-        self.source = source
+        self.chunk_rows = chunk_rows
         self._conn: Any = None
 
     def _connection(self) -> Any:
@@ -112,18 +148,40 @@ class ChunkReader:
                 import psycopg
 
                 self._conn = psycopg.connect(self.config.source.libpq(), autocommit=True)
+                # ::text output follows these; pin them (cdc.sources.copytext).
                 self._conn.execute("SET TimeZone = 'UTC'")
+                self._conn.execute("SET DateStyle = 'ISO, MDY'")
+                self._conn.execute("SET IntervalStyle = 'postgres'")
+                self._conn.execute("SET extra_float_digits = 1")
         return self._conn
 
-    def read(self, last_key: tuple[Any, ...] | None) -> list[tuple[Any, ...]]:
+    def _fetch(self, query: str, params: list[Any] | None) -> list[tuple[Any, ...]]:
         conn = self._connection()
-        params = list(last_key) if last_key is not None else None
-        query = self.first_sql if last_key is None else self.next_sql
         if self.kind == "mysql":
             with conn.cursor() as cur:
                 cur.execute(query, params)
                 return list(cur.fetchall())
         return conn.execute(query.encode(), params).fetchall()
+
+    def read(self, last_key: tuple[Any, ...] | None, *, text: bool = False) -> Chunk:
+        params = list(last_key) if last_key is not None else None
+        if text and self.line_sql is not None:
+            rows = self._fetch(self.sql[(True, last_key is not None)], params)
+            if not rows:
+                return Chunk(0, None, text=b"")
+            # Staging bookkeeping columns: odd sequence numbers (new images),
+            # kind N, not partial -- as cdc.batch.stage_rows lays them out.
+            lines = [f"{r[0]}\t{seq}\tN\tf\n"
+                     for r, seq in zip(rows, range(3, 2 * len(rows) + 3, 2), strict=True)]
+            return Chunk(len(rows), tuple(rows[-1][1:]), text="".join(lines).encode())
+        rows = self._fetch(self.sql[(False, last_key is not None)], params)
+        return Chunk(len(rows), self.key_of(rows[-1]) if rows else None, rows=rows)
+
+    def read_range(self, last_key: tuple[Any, ...] | None, upto: tuple[Any, ...]) -> Chunk:
+        """The value rows of exactly the key range (last_key, upto]."""
+        params = [*(last_key or ()), *upto]
+        rows = self._fetch(self.sql[("upto", last_key is not None)], params)
+        return Chunk(len(rows), upto, rows=rows)
 
     def key_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(row[i] for i in self.pk_index)
@@ -278,55 +336,131 @@ class Snapshot:
         return table, prog, None
 
     # --- copying --------------------------------------------------------------
+    def _text_line(self, plan: Plan, table: str) -> str | None:
+        """The source-rendered COPY line for this table, when it can take that path."""
+        if self.config.target.kind != "postgresql" or not self.config.snapshot_source_text:
+            return None
+        if any(r.validations for r in plan.by_table[table]):
+            return None  # validation conditions look at values one change at a time
+        stage = plan.stages[table]
+        if self.config.source.kind == "mysql":
+            return copytext.mysql_line(stage.source.columns)
+        return copytext.postgres_line(stage.source.columns, stage.types)
+
+    def _open_chunk(self, target: Any, reader: ChunkReader,
+                    last: tuple[Any, ...] | None) -> _OpenChunk:
+        """Begin a chunk's target transaction, lock, then read from the source.
+
+        Runs on the read-ahead thread while the previous chunk applies.  Its
+        SHARE lock is compatible with the previous chunk's, and the stream's
+        FOR UPDATE waits for both, so every chunk is still read and applied
+        under its own lock (see the module docstring).
+        """
+        stack = contextlib.ExitStack()
+        try:
+            conn = stack.enter_context(target.transaction())
+            target.lock_offset_shared(conn)
+            chunk = reader.read(last, text=reader.line_sql is not None)
+        except BaseException:
+            stack.close()
+            raise
+        return _OpenChunk(target, conn, stack, last, chunk)
+
     def _copy_table(self, plan: Plan, table: str, prog: TableProgress,
                     last: tuple[Any, ...] | None) -> TableProgress:
         cfg = self.config
         stage = plan.stages[table]
         pk = list(stage.source.primary_key)
-        target = open_target(cfg)
-        reader = ChunkReader(cfg, None, table, stage.columns, pk, self.where, self.chunk_rows)
-        sub_stages = {table: stage}
-        sub_rules = {table: plan.by_table[table]}
+        reader = ChunkReader(cfg, table, stage.columns, pk, self.where, self.chunk_rows,
+                             self._text_line(plan, table))
+        prog.path = "source text" if reader.line_sql is not None else "values"
+        # Two target connections: one applies chunk k while the other has
+        # begun chunk k+1 and is reading it from the source.
+        targets = [open_target(cfg), open_target(cfg)]
+        turn = 0
+        ahead: Future[_OpenChunk] | None = None
         try:
-            while not self.stop.is_set():
-                done = False
-                with target.transaction() as conn:
-                    # Pause the stream's commits while this chunk is read and applied.
-                    target.lock_offset_shared(conn)
-                    rows = reader.read(last)
-                    if not rows:
-                        target.snapshot_finish(conn, table)
-                        done = True
-                    else:
-                        changes = [RowChange(table, "I", None, dict(zip(stage.columns, r,
-                                                                        strict=True)))
-                                   for r in rows]
-                        batch = Batch()
-                        batch.add(Transaction(changes, BinlogPosition("", 0)))
-                        new_last = reader.key_of(rows[-1])
-                        key_json = json.dumps(image_to_json(dict(zip(pk, new_last, strict=True))))
-                        n = len(rows)
-
-                        def record(c: Any, key_json: str = key_json, n: int = n) -> None:
-                            target.snapshot_chunk(c, table, key_json, n)
-
-                        target.apply(batch, sub_stages, sub_rules, plan.converters,
-                                     record=record)
-                        last = new_last
-                        prog.rows_done += n
+            with ThreadPoolExecutor(max_workers=1,
+                                    thread_name_prefix=f"snapshot-read-{table}") as io:
+                ahead = io.submit(self._open_chunk, targets[turn], reader, last)
+                while True:
+                    current = ahead.result()
+                    ahead = None
+                    chunk = current.chunk
+                    more = chunk.count == self.chunk_rows and not self.stop.is_set()
+                    if more:
+                        turn ^= 1
+                        ahead = io.submit(self._open_chunk, targets[turn], reader,
+                                          chunk.last_key)
+                    try:
+                        self._apply_chunk(plan, table, reader, current)
+                    except BaseException:
+                        current.stack.__exit__(*sys.exc_info())
+                        raise
+                    current.stack.close()  # commit
+                    if chunk.count:
+                        prog.rows_done += chunk.count
                         prog.chunks_done += 1
-                        done = n < self.chunk_rows
-                        if done:
-                            target.snapshot_finish(conn, table)
-                if done:
-                    prog.finished = time.monotonic()
+                    if chunk.count < self.chunk_rows:
+                        prog.finished = time.monotonic()
+                        self.progress(prog)
+                        break
                     self.progress(prog)
-                    break
-                self.progress(prog)
+                    if ahead is None:  # stopped
+                        break
         finally:
+            if ahead is not None:
+                # A chunk read ahead and never applied: roll it back.
+                with contextlib.suppress(BaseException):
+                    opened = ahead.result()
+                    opened.stack.__exit__(RuntimeError, RuntimeError("abandoned"), None)
             reader.close()
-            target.close()
+            for t in targets:
+                t.close()
         return prog
+
+    def _apply_chunk(self, plan: Plan, table: str, reader: ChunkReader,
+                     current: _OpenChunk) -> None:
+        target, conn, chunk = current.target, current.conn, current.chunk
+        stage = plan.stages[table]
+        if chunk.count == 0:
+            target.snapshot_finish(conn, table)
+            return
+        assert chunk.last_key is not None
+        pk = list(stage.source.primary_key)
+        key_json = json.dumps(image_to_json(dict(zip(pk, chunk.last_key, strict=True))))
+        if chunk.text is not None:
+            if target.apply_copy_text(conn, stage, plan.by_table[table], chunk.text):
+                target.snapshot_chunk(conn, table, key_json, chunk.count)
+                if chunk.count < self.chunk_rows:
+                    target.snapshot_finish(conn, table)
+                return
+            # A row the target refused: read the same key range as values and
+            # let the ordinary path isolate it into the dead-letter table.
+            log.info("%s: the target refused a row of the chunk after %s; re-reading it "
+                     "value by value to set that row aside", table, current.last)
+            chunk = reader.read_range(current.last, chunk.last_key)
+        changes = [RowChange(table, "I", None, dict(zip(stage.columns, r, strict=True)))
+                   for r in chunk.rows]
+        batch = Batch()
+        batch.add(Transaction(changes, BinlogPosition("", 0)))
+
+        def record(c: Any) -> None:
+            target.snapshot_chunk(c, table, key_json, chunk.count)
+            if current.chunk.count < self.chunk_rows:
+                target.snapshot_finish(c, table)
+
+        target.apply(batch, {table: stage}, {table: plan.by_table[table]}, plan.converters,
+                     record=record)
+
+
+@dataclass(slots=True)
+class _OpenChunk:
+    target: Any
+    conn: Any
+    stack: contextlib.ExitStack
+    last: tuple[Any, ...] | None  # the key the chunk was read after
+    chunk: Chunk
 
 
 def snapshot(config: Config, **kw: Any) -> list[TableProgress]:

@@ -90,7 +90,7 @@ def _verify_rule(config: Config, target: Any, plan: Any, c: CompiledRule, repair
     cols = [q(x) for x in c.bound.columns]
     keys = [q(k) for k in c.bound.key]
     tgt = table_sql(c.bound.rule.target.name, d)
-    reader = ChunkReader(config, None, table, stage.columns, list(stage.source.primary_key),
+    reader = ChunkReader(config, table, stage.columns, list(stage.source.primary_key),
                          None, chunk_rows)
     try:
         with target.transaction() as conn:
@@ -103,7 +103,8 @@ def _verify_rule(config: Config, target: Any, plan: Any, c: CompiledRule, repair
                         f"{q(c.result_name)} WHERE 1 = 0")
             last = None
             while True:
-                rows = reader.read(last)
+                chunk = reader.read(last)
+                rows = chunk.rows
                 if not rows:
                     break
                 changes = [RowChange(table, "I", None, dict(zip(stage.columns, r, strict=True)))
@@ -113,7 +114,7 @@ def _verify_rule(config: Config, target: Any, plan: Any, c: CompiledRule, repair
                 _exec(conn, f"DELETE FROM {q(c.result_name)}")
                 _exec(conn, c.fill)
                 _exec(conn, f"INSERT INTO {q(exp_name)} SELECT * FROM {q(c.result_name)}")
-                last = reader.key_of(rows[-1])
+                last = chunk.last_key
                 if len(rows) < chunk_rows:
                     break
             match = " AND ".join(f"t.{k} = e.{k}" for k in keys)

@@ -210,14 +210,22 @@ def test_terminal_errors_exit_3_with_one_line(tmp_path: Path, mysql_db: Any, pg_
 
     # Binlog purged past the saved position.
     old = pg_db.query("SELECT position FROM cdc.offsets")[0][0]
-    mariadb_server.execute("FLUSH BINARY LOGS")
-    mariadb_server.execute("FLUSH BINARY LOGS")
     conn = pymysql.connect(host="127.0.0.1", port=mariadb_server.port, user="root",
                            password=mariadb_server.password)
     with conn.cursor() as cur:
-        cur.execute("SHOW MASTER STATUS")
-        newest = cur.fetchone()[0]
-        cur.execute(f"PURGE BINARY LOGS TO '{newest}'")
+        # MariaDB keeps a binlog file until InnoDB has checkpointed its
+        # transactions (binlog checkpoint events); PURGE skips it silently until then.
+        deadline = time.monotonic() + 30
+        while True:
+            cur.execute("FLUSH BINARY LOGS")
+            cur.execute("SHOW MASTER STATUS")
+            newest = cur.fetchone()[0]
+            cur.execute(f"PURGE BINARY LOGS TO '{newest}'")
+            cur.execute("SHOW BINARY LOGS")
+            if old.split(":")[1] not in [r[0] for r in cur.fetchall()]:
+                break
+            assert time.monotonic() < deadline, "the source never purged the old binlog"
+            time.sleep(0.5)
     conn.close()
     p = cdc("run", "-c", str(cfg), check=False, timeout=60)
     assert p.returncode == 3, p.stderr

@@ -75,6 +75,12 @@ class CompiledRule:
     upsert: str
     # (condition as written, SQL listing the _cdc_seq of new images failing it)
     validations: list[tuple[str, str]] = field(default_factory=list)
+    # One statement doing fill + upsert, for staging that holds new images only
+    # (snapshot chunks): no result table to write and read back, nothing to delete.
+    upsert_new_only: str = ""
+    # The same without a conflict clause: half the cost when no target row
+    # exists yet; the caller falls back to the upsert on a unique violation.
+    insert_new_only: str = ""
 
     @property
     def name(self) -> str:
@@ -194,22 +200,34 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
         updates.append(q(soft))
     head = (f"INSERT INTO {target} ({', '.join(insert_cols)}) SELECT {', '.join(insert_vals)} "
             f"FROM {q(res)} AS r WHERE r.{q(KIND)} = 'N'")
+    direct_head = (f"INSERT INTO {target} ({', '.join(insert_cols)}) "
+                   f"SELECT {', '.join(insert_vals)} FROM ({ranked}) AS r")
     if d == "postgres":
         if updates:
             sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
-            upsert = f"{head} ON CONFLICT ({', '.join(key_cols)}) DO UPDATE SET {sets}"
+            conflict = f" ON CONFLICT ({', '.join(key_cols)}) DO UPDATE SET {sets}"
         else:
-            upsert = f"{head} ON CONFLICT ({', '.join(key_cols)}) DO NOTHING"
+            conflict = f" ON CONFLICT ({', '.join(key_cols)}) DO NOTHING"
+        upsert = head + conflict
+        upsert_new_only = direct_head + conflict
+        # No ranking either: two rows for one target key fail as a unique
+        # violation, and the ranked upsert then decides between them.
+        insert_new_only = (f"INSERT INTO {target} ({', '.join(insert_cols)}) "
+                           f"SELECT {', '.join(insert_vals)} FROM ({select_sql}) AS r "
+                           f"WHERE r.{q(KIND)} = 'N'")
     else:
         # VALUES() works on MariaDB and MySQL 8 (deprecated there in favour of a
         # row alias that MariaDB does not parse).
         sets = ", ".join(f"{c} = VALUES({c})" for c in (updates or key_cols[:1]))
         upsert = f"{head} ON DUPLICATE KEY UPDATE {sets}"
+        upsert_new_only = f"{direct_head} ON DUPLICATE KEY UPDATE {sets}"
+        insert_new_only = ""  # InnoDB's upsert costs little more than its insert
     validations = [(cond, _validation_sql(bound, stage, cond, d))
                    for cond in bound.options.validate]
     return CompiledRule(bound=bound, stage=stage, result_name=res, create_result=create_result,
                         clear_result=clear_result, fill=fill, delete=delete, upsert=upsert,
-                        validations=validations)
+                        validations=validations, upsert_new_only=upsert_new_only,
+                        insert_new_only=insert_new_only)
 
 
 def _validation_sql(bound: BoundRule, stage: StageTable, condition: str, d: str) -> str:

@@ -92,6 +92,7 @@ class PostgresTarget:
         self._conn: psycopg.Connection[Any] | None = None
         self._prepared: set[str] = set()
         self.dead_letters: list[DeadLetter] = []
+        self._upsert_chunks: dict[str, int] = {}
 
     # --- connection and catalog ---------------------------------------------
     def conn(self) -> psycopg.Connection[Any]:
@@ -397,6 +398,49 @@ class PostgresTarget:
                         raise _rule_error(r, e) from None
         return len(rows)
 
+    def apply_copy_text(self, conn: psycopg.Connection[Any], st: StageTable,
+                        table_rules: list[CompiledRule], data: bytes) -> bool:
+        """Stage COPY text the source rendered (cdc.sources.copytext) and run
+        each rule's one-statement upsert for new images, under a savepoint.  False when a row failed for a data reason:
+        everything is rolled back and the caller re-applies the rows as values,
+        which isolates the bad ones into the dead-letter table."""
+        try:
+            self._prepare(conn, [st], table_rules)
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(self._copy_sql(st)) as cp:
+                    cp.write(data)
+                for r in table_rules:
+                    try:
+                        self._insert_or_upsert(conn, cur, r)
+                    except psycopg.Error as e:
+                        if pg_is_row_error(e.sqlstate) or isinstance(
+                                e, (psycopg.OperationalError, *_TRANSIENT)):
+                            raise
+                        raise _rule_error(r, e) from None
+        except psycopg.Error as e:
+            if pg_is_row_error(e.sqlstate) and not conn.broken:
+                return False
+            self._after_error()
+            raise classify(e, self.url) from None
+        return True
+
+    def _insert_or_upsert(self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any],
+                          r: CompiledRule) -> None:
+        """A plain INSERT while the target rows do not exist yet (a first
+        bootstrap), the upsert once one does; both leave the same rows."""
+        if self._upsert_chunks.get(r.name, 0) > 0:
+            self._upsert_chunks[r.name] -= 1
+        else:
+            try:
+                with conn.transaction():
+                    cur.execute(r.insert_new_only.encode())
+                return
+            except pgerr.UniqueViolation:
+                # Rows exist here (a resync, or the stream got there first):
+                # upsert the next chunks directly, then try inserting again.
+                self._upsert_chunks[r.name] = 16
+        cur.execute(r.upsert_new_only.encode())
+
     def prepare_tables(self, conn: Any, stages: Sequence[StageTable],
                        rules: Sequence[CompiledRule]) -> None:
         self._prepare(conn, stages, rules)
@@ -408,13 +452,16 @@ class PostgresTarget:
             cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(st.name)))
             self._copy(cur, st, stage_rows(changes, st.columns, convs))
 
-    def _copy(self, cur: psycopg.Cursor[Any], st: StageTable, rows: list[tuple[Any, ...]]) -> None:
+    @staticmethod
+    def _copy_sql(st: StageTable) -> sql.Composed:
         cols = sql.SQL(", ").join(
             [sql.Identifier(c) for c in st.columns]
             + [sql.Identifier("_cdc_seq"), sql.Identifier("_cdc_kind"),
                sql.Identifier("_cdc_partial")])
-        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
-                sql.Identifier(st.name), cols)) as cp:
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(st.name), cols)
+
+    def _copy(self, cur: psycopg.Cursor[Any], st: StageTable, rows: list[tuple[Any, ...]]) -> None:
+        with cur.copy(self._copy_sql(st)) as cp:
             for row in rows:
                 cp.write_row(row)
 
