@@ -53,10 +53,22 @@ def fetch_current(config: Config, source: Any, table: str, pk: list[str],
 
         schema, _, name = table.rpartition(".")
         tref = sql.Identifier(schema or "public", name)
+        what: sql.Composable = sql.SQL("*")
         with psycopg.connect(config.source.libpq(), autocommit=True) as conn:
             conn.execute("SET TimeZone = 'UTC'")
-            q = sql.SQL("SELECT * FROM {} WHERE ({}) IN ({})").format(
-                tref, sql.SQL(", ").join(sql.Identifier(c) for c in pk),
+            if getattr(source, "text_values", False):
+                # The stream's images hold the walsender's text; so must these
+                # (keys included, or they would not match).
+                from cdc.sources.postgres import TEXT_SESSION
+
+                for stmt in TEXT_SESSION:
+                    conn.execute(stmt)
+                schema_ = source.table(table)
+                what = sql.SQL(", ").join(
+                    sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(c))
+                    for c in schema_.column_names)
+            q = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({})").format(
+                what, tref, sql.SQL(", ").join(sql.Identifier(c) for c in pk),
                 sql.SQL(", ").join(sql.SQL("({})").format(
                     sql.SQL(", ").join(sql.Placeholder() * len(pk))) for _ in keys))
             cur = conn.execute(q, [v for k in keys for v in k])

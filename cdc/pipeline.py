@@ -24,7 +24,7 @@ from cdc.config import Config
 from cdc.errors import CdcError, TerminalError, TransientError
 from cdc.events import Transaction
 from cdc.plan import Plan, attach_converters, build_plan
-from cdc.reader import END, ProcessReader, ThreadReader
+from cdc.reader import END, ProcessReader, ThreadReader, tune_gc
 from cdc.sources import open_source
 from cdc.targets import open_target
 from cdc.toast import fill_unchanged
@@ -182,6 +182,7 @@ class Runner:
                 start = offset[0]
             if hasattr(source, "preflight"):
                 source.preflight(start)
+            tune_gc()
             self._loop(source, target, plan, start)
         finally:
             if source is not None:
@@ -217,7 +218,10 @@ class Runner:
                         # Idle is not lag: nothing was pending at this moment.
                         last.commit_time = datetime.now(UTC)
                     t0 = time.perf_counter()
-                    staged = target.apply(batch, plan.stages, plan.by_table, plan.converters)
+                    # Text values (PostgreSQL -> PostgreSQL) need no conversion.
+                    staged = target.apply(batch, plan.stages, plan.by_table,
+                                          {} if getattr(source, "text_values", False)
+                                          else plan.converters)
                     elapsed = time.perf_counter() - t0
                     if hasattr(reader, "ack"):
                         reader.ack(batch.position)

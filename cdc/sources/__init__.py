@@ -18,4 +18,5 @@ def open_source(config: Config, tables: list[str]) -> Any:
 
     return PostgresSource(config.source.libpq(), slot=config.slot,
                           publication=config.publication, tables=tables,
-                          heartbeat_seconds=config.heartbeat_seconds)
+                          heartbeat_seconds=config.heartbeat_seconds,
+                          text_values=config.target.kind == "postgresql")

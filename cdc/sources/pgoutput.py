@@ -400,8 +400,11 @@ class Decoder:
     stopping the stream.
     """
 
-    def __init__(self, adapters: AdaptersMap | None = None) -> None:
+    def __init__(self, adapters: AdaptersMap | None = None, *, text_values: bool = False) -> None:
         self._adapters = adapters if adapters is not None else postgres.adapters
+        # Keep every value as the server's text (see ``text_values`` in
+        # cdc.sources.postgres): nothing to convert when the target parses it back.
+        self._text_values = text_values
         self._relations: dict[int, RelationInfo] = {}
         self._types: dict[int, Type] = {}
         self._aliases: dict[int, int] = {}
@@ -443,7 +446,7 @@ class Decoder:
 
     def has_loader(self, oid: int) -> bool:
         """Whether values of type ``oid`` convert to something better than str."""
-        return (oid in self._aliases
+        return (self._text_values or oid in self._aliases
                 or self._adapters.get_loader(oid, Format.TEXT) is not None)
 
     def unknown_type_oids(self, relation: Relation) -> list[int]:
@@ -509,9 +512,12 @@ class Decoder:
         return {info.names[i]: _load_one(info.loaders[i], values[i]) for i in info.key_index}
 
     def _build(self, rel: Relation) -> RelationInfo:
-        oids = [self._aliases.get(c.type_oid, c.type_oid) for c in rel.columns]
-        oids = [oid if self._adapters.get_loader(oid, Format.TEXT) is not None else _TEXT_OID
-                for oid in oids]
+        if self._text_values:
+            oids = [_TEXT_OID] * len(rel.columns)
+        else:
+            oids = [self._aliases.get(c.type_oid, c.type_oid) for c in rel.columns]
+            oids = [oid if self._adapters.get_loader(oid, Format.TEXT) is not None
+                    else _TEXT_OID for oid in oids]
         # An AdaptersMap is itself an adaptation context (no connection).
         tx = adapt.Transformer(self._adapters)
         loaders = tuple(tx.get_loader(oid, Format.TEXT).load for oid in oids)

@@ -63,6 +63,11 @@ HEARTBEAT_PREFIX = "cdc_heartbeat"
 _SESSION_OPTIONS = ("-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC"
                     " -c extra_float_digits=3 -c bytea_output=hex -c client_encoding=UTF8")
 
+# The same settings for an ordinary session whose ::text output must equal the
+# walsender's (reading a row again to fill unchanged TOAST values).
+TEXT_SESSION = ("SET DateStyle = ISO", "SET IntervalStyle = postgres", "SET TimeZone = 'UTC'",
+                "SET extra_float_digits = 3", "SET bytea_output = hex")
+
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _XLOGDATA = struct.Struct(">QQq")  # wal start, wal end, server clock
 _KEEPALIVE = struct.Struct(">QqB")  # wal end, server clock, reply requested
@@ -88,7 +93,8 @@ class PostgresSource:
     kind = "postgresql"
 
     def __init__(self, url: str, *, slot: str, publication: str, tables: Sequence[str],
-                 heartbeat_seconds: float = 10.0, status_interval: float = 10.0) -> None:
+                 heartbeat_seconds: float = 10.0, status_interval: float = 10.0,
+                 text_values: bool = False) -> None:
         if not _SLOT_NAME.match(slot):
             raise SourceError(f"invalid replication slot name {slot!r}",
                               fix="use lower case letters, digits and underscores (max 63)")
@@ -98,6 +104,11 @@ class PostgresSource:
         self.tables = [_display(*split_name(t, "public")) for t in tables]
         self.heartbeat_seconds = heartbeat_seconds
         self.status_interval = status_interval
+        # Row values stay the walsender's text instead of becoming Python
+        # values: a PostgreSQL target's COPY parses exactly that text back into
+        # the same type (staging columns have the source's types), so decoding
+        # and re-encoding every value would only cost time.
+        self.text_values = text_values
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()
         self._ack_lock = threading.Lock()
@@ -432,7 +443,8 @@ class PostgresSource:
         return functools.partial(PostgresSource, self.url, slot=self.slot,
                                  publication=self.publication, tables=self.tables,
                                  heartbeat_seconds=self.heartbeat_seconds,
-                                 status_interval=self.status_interval)
+                                 status_interval=self.status_interval,
+                                 text_values=self.text_values)
 
     def ack(self, position: Lsn) -> None:
         """Record that the target committed everything up to ``position`` (any thread).
@@ -445,8 +457,10 @@ class PostgresSource:
                 self._acked = position
 
     def _acked_value(self) -> int:
-        with self._ack_lock:
-            return self._acked.value if self._acked is not None else 0
+        # Polled on every idle turn of the read loop: one attribute read is
+        # atomic, no lock needed (``ack`` holds it only to compare-and-set).
+        acked = self._acked
+        return acked.value if acked is not None else 0
 
     def preflight(self, start: Lsn | None) -> Lsn:
         """Check everything ``stream`` needs; returns where the slot will resume."""
@@ -535,7 +549,7 @@ class PostgresSource:
         self._start(repl, start)
         log.info("streaming slot %s from %s", self.slot, resume)
         pgconn = repl.pgconn
-        decoder = Decoder()
+        decoder = Decoder(text_values=self.text_values)
         tables = set(self.tables)
         sel = selectors.DefaultSelector()
         sel.register(pgconn.socket, selectors.EVENT_READ)

@@ -47,16 +47,19 @@ def _zero_date(v: Any) -> Any:
     return v
 
 
-def converters(stage: StageTable) -> list[Converter | None]:
+def converters(stage: StageTable, source_kind: str = "mysql") -> list[Converter | None]:
     out: list[Converter | None] = []
+    mysql = source_kind == "mysql"
     for col, t in zip(stage.source.columns, stage.types, strict=True):
         if t in ("jsonb", "json"):
             out.append(_jsonb)
-        elif col.base_type == "set":
+        # The rest are MySQL's: PostgreSQL has no zero dates, and its bit(n)
+        # values are already the text a bit(n) staging column parses.
+        elif mysql and col.base_type == "set":
             out.append(_set_text)
-        elif col.base_type in ("date", "datetime", "timestamp"):
+        elif mysql and col.base_type in ("date", "datetime", "timestamp"):
             out.append(_zero_date)
-        elif col.base_type == "bit":
+        elif mysql and col.base_type == "bit":
             out.append(_bits)
         else:
             out.append(None)
