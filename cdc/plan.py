@@ -98,11 +98,7 @@ def attach_converters(plan: Plan, config: Config) -> None:
     """Per-column value adapters for the target's driver (see the targets)."""
     import importlib
 
-    if config.target.kind == "postgresql":
-        from cdc.targets import pg_convert
-
-        plan.converters = {n: pg_convert.converters(st, config.source.kind)
-                           for n, st in plan.stages.items()}
-        return
-    module = importlib.import_module("cdc.targets.mysql")
-    plan.converters = {n: module.converters(st) for n, st in plan.stages.items()}
+    module = importlib.import_module("cdc.targets.pg_convert" if config.target.kind ==
+                                     "postgresql" else "cdc.targets.mysql")
+    plan.converters = {n: module.converters(st, config.source.kind)
+                       for n, st in plan.stages.items()}

@@ -16,24 +16,24 @@ SRC_DDL = """CREATE TYPE mood AS ENUM ('sad', 'happy');
 CREATE TABLE vals (id integer PRIMARY KEY, n numeric, np numeric(12,4), r real, d double precision,
   b boolean, t text, vc varchar(10), by bytea, dt date, ts timestamp(6), tz timestamptz,
   tm time, iv interval, u uuid, j json, jb jsonb, arr integer[], ip inet, m mood,
-  ci cidr, ch char(3), ttz timetz)"""
+  ci cidr, ch char(3), ttz timetz, bt bit(8))"""
 LITERALS = ("'NaN', 1234.5678, 1.5, 'Infinity', true, '中文 😀', 'x', '\\x00ff', '2024-02-29',"
             " '2024-02-29 23:59:59.999999', '2024-01-01 12:00:00+05', '23:59:59', '-1 day 02:03:04',"
             " 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": 1}', '{\"b\": [1, 2]}', '{1,2,3}',"
-            " '10.0.0.1/32', 'happy', '10.1.0.0/16', 'ab', '12:34:56+05'")
-COLS = "n, np, r, d, b, t, vc, by, dt, ts, tz, tm, iv, u, j, jb, arr, ip, m, ci, ch, ttz"
+            " '10.0.0.1/32', 'happy', '10.1.0.0/16', 'ab', '12:34:56+05', B'10100101'")
+COLS = "n, np, r, d, b, t, vc, by, dt, ts, tz, tm, iv, u, j, jb, arr, ip, m, ci, ch, ttz, bt"
 
 TGT = {
     "postgresql": """CREATE TABLE t_vals (id integer PRIMARY KEY, n numeric, np numeric(12,4),
       r real, d double precision, b boolean, t text, vc varchar(10), by bytea, dt date,
       ts timestamp(6), tz timestamptz, tm time, iv interval, u uuid, j json, jb jsonb,
-      arr integer[], ip inet, m text, ci cidr, ch char(3), ttz timetz)""",
+      arr integer[], ip inet, m text, ci cidr, ch char(3), ttz timetz, bt bit(8))""",
     # What MySQL can hold: the non-finite numbers go to a separate test.
     "mysql": """CREATE TABLE t_vals (id int PRIMARY KEY, n varchar(100), np decimal(12,4),
       r float, d double, b tinyint(1), t text, vc varchar(10), `by` blob, dt date,
       ts datetime(6), tz timestamp NULL, tm time(6), iv varchar(64), u char(36), j json,
       jb json, arr json, ip varchar(64), m varchar(10), ci varchar(64),
-      ch char(3), ttz varchar(32)) DEFAULT CHARSET=utf8mb4""",
+      ch char(3), ttz varchar(32), bt varchar(8)) DEFAULT CHARSET=utf8mb4""",
 }
 
 
@@ -77,7 +77,7 @@ def test_pg_source_values(tmp_path: Path, make_pg_db: Any, make_mysql_db: Any,
             assert got["tz"].isoformat() == "2024-01-01T07:00:00+00:00"
             assert got["m"] == "happy" and str(got["iv"]) == "-1 day, 2:03:04"
             assert str(got["ci"]) == "10.1.0.0/16" and str(got["ttz"]) == "12:34:56+05:00"
-            assert got["ch"] == "ab "
+            assert got["ch"] == "ab " and got["bt"] == "10100101"
         else:
             assert got["n"] == "NaN" and float(got["d"]) == 2.5
             assert bytes(got["by"]) == b"\x00\xff" and got["b"] == 1
@@ -85,6 +85,7 @@ def test_pg_source_values(tmp_path: Path, make_pg_db: Any, make_mysql_db: Any,
             assert got["u"] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11" and got["m"] == "happy"
             assert got["ci"] == "10.1.0.0/16" and got["ttz"] == "12:34:56+05:00"
             assert got["ch"] in ("ab", "ab ")  # MySQL CHAR strips trailing spaces on read
+            assert got["bt"] == "10100101"
         assert got["t"] == "中文 😀"
     finally:
         from cdc.sources.postgres import PostgresSource

@@ -120,10 +120,11 @@ def _bits(v: Any) -> Any:
     return v
 
 
-def converters(stage: StageTable) -> list[Converter | None]:
+def converters(stage: StageTable, source_kind: str = "mysql") -> list[Converter | None]:
     out: list[Converter | None] = []
     for col, t in zip(stage.source.columns, stage.types, strict=True):
-        if col.base_type == "bit":
+        # PostgreSQL's bit(n) arrives as its text ('1010') and stays text.
+        if col.base_type == "bit" and source_kind == "mysql":
             out.append(_bits)
         elif t == "json":
             out.append(_json_text)
