@@ -336,9 +336,9 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
     s, t, b = d["source"], d["target"], d.get("batch", {})
     snap, retry, dlq = d.get("snapshot", {}), d.get("retry", {}), d.get("dead_letters", {})
     types = d.get("types", {})
-    if types.get("zero_dates", "null") != "null":
-        # Only NULL is implemented: the stream's decoder never sees the zero date.
-        raise ConfigError(f"{p}: types.zero_dates supports only 'null' for now")
+    if types.get("zero_dates", "null") not in ("null", "dead_letter"):
+        raise ConfigError(f"{p}: types.zero_dates must be 'null' (store NULL) or "
+                          "'dead_letter' (set the row aside with the reason)")
     if types.get("out_of_range", "dead_letter") not in ("dead_letter",):
         raise ConfigError(f"{p}: types.out_of_range must be 'dead_letter'")
     safe = re.sub(r"[^a-z0-9_]", "_", name.lower())

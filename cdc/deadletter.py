@@ -13,7 +13,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from cdc.events import UNCHANGED, RowChange
+from cdc.events import UNCHANGED, RowChange, ZeroDate, is_zero_date_text
 
 # Data problems, not rule bugs: SQLSTATE classes 22 (data exception) and 23
 # (integrity constraint violation), and errors raised by triggers.  MySQL error
@@ -121,3 +121,43 @@ class DeadLetter:
 
 def one_line(text: str) -> str:
     return " ".join(text.split())[:2000]
+
+
+_DATE_BASES = ("date", "datetime", "timestamp")
+
+
+def zero_date_letters(changes: list[RowChange], stage: Any, rule: str, positions: Any,
+                      existing: dict[int, int]) -> tuple[list[RowChange], list[DeadLetter]]:
+    """``types.zero_dates: dead_letter``: a change whose new image holds a zero
+    date goes to the dead-letter table with the reason; the others go on.
+
+    Only the new image counts: an old image's zero date is staged as NULL, so
+    an update that repairs the date (or a delete) is never held back.
+    """
+    cols = [c.name for c in stage.source.columns if c.base_type in _DATE_BASES]
+    if not cols:
+        return changes, []
+    keep: list[RowChange] = []
+    dead: list[DeadLetter] = []
+    for ch in changes:
+        bad = None
+        if ch.after is not None:
+            bad = next((c for c in cols if _zero(ch.after.get(c))), None)
+        if bad is not None:
+            assert ch.after is not None
+            dead.append(DeadLetter(
+                rule, ch, positions.get(id(ch)),
+                f"zero date {str(ch.after[bad])!r} in column {bad} (types.zero_dates: "
+                "dead_letter); fix the row in the source, then `cdc dlq retry`",
+                existing.get(id(ch))))
+            continue
+        if ch.before is not None:
+            for c in cols:
+                if _zero(ch.before.get(c)):
+                    ch.before[c] = None
+        keep.append(ch)
+    return keep, dead
+
+
+def _zero(v: Any) -> bool:
+    return isinstance(v, ZeroDate) or (isinstance(v, str | bytes) and is_zero_date_text(v))

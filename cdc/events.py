@@ -38,6 +38,23 @@ class _Unchanged:
 UNCHANGED: Any = _Unchanged()
 
 
+class ZeroDate(str):
+    """A MySQL zero or partial-zero date (``'0000-00-00'``) that the config
+    sends to the dead-letter table (``types.zero_dates: dead_letter``) instead
+    of turning it into NULL.  A ``str``, so it pickles and prints as its text;
+    targets set such rows aside before staging (cdc.deadletter.zero_date_letters)."""
+
+    __slots__ = ()
+
+
+def is_zero_date_text(v: Any) -> bool:
+    """``'0000-00-00'``, ``'2024-00-15'``, ``'2024-05-00 10:00:00'``: what a MySQL
+    SELECT returns (as text) for dates no calendar holds."""
+    if isinstance(v, bytes):
+        v = v.decode("ascii", "replace")
+    return isinstance(v, str) and (v[:4] == "0000" or "-00" in v[:10])
+
+
 @dataclass(slots=True)
 class RowChange:
     """One row changed in one source table.

@@ -344,7 +344,7 @@ class Snapshot:
             return None  # validation conditions look at values one change at a time
         stage = plan.stages[table]
         if self.config.source.kind == "mysql":
-            return copytext.mysql_line(stage.source.columns)
+            return copytext.mysql_line(stage.source.columns, self.config.zero_dates)
         return copytext.postgres_line(stage.source.columns, stage.types)
 
     def _open_chunk(self, target: Any, reader: ChunkReader,

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pipeline_helpers import PipelineThread, cdc, write_pipeline
 
 COLUMNS = [
@@ -86,23 +87,72 @@ def test_mysql_types_to_postgres_snapshot_and_stream(tmp_path: Path, mysql_db: A
             assert snap == expected, f"{name}: {snap!r} != {expected!r}"
 
 
-def test_zero_dates_become_null_both_ways(tmp_path: Path, mysql_db: Any, pg_db: Any) -> None:
+ZERO_ROWS = ("SET SESSION sql_mode = ''; INSERT INTO zd VALUES ({0}, '0000-00-00', "
+             "'0000-00-00 00:00:00', '0000-00-00 00:00:00'), ({1}, '2024-00-15', "
+             "'2024-05-00 10:00:00', '2024-01-01 00:00:01')")
+
+
+def _zero_date_pipeline(tmp_path: Path, mysql_db: Any, tgt: Any, extra: str = "") -> Path:
     mysql_db.execute("SET SESSION sql_mode = ''")
-    mysql_db.execute("CREATE TABLE zd (id INT PRIMARY KEY, d DATE NULL, dt DATETIME NULL)")
-    pg_db.execute("CREATE TABLE t_zd (id integer PRIMARY KEY, d date, dt timestamp)")
-    cfg = write_pipeline(tmp_path, mysql_db.url, pg_db.url, {
-        "zd": "INSERT INTO t_zd (id, d, dt) SELECT z.id, z.d, z.dt FROM zd AS z"})
-    insert = ("SET SESSION sql_mode = ''; INSERT INTO zd VALUES ({0}, '0000-00-00', "
-              "'0000-00-00 00:00:00'), ({1}, '2024-00-15', '2024-05-00 10:00:00')")
-    mysql_db.execute(insert.format(1, 2))
+    mysql_db.execute("CREATE TABLE zd (id INT PRIMARY KEY, d DATE NULL, dt DATETIME NULL,"
+                     " ts TIMESTAMP NULL DEFAULT NULL)")
+    if tgt.kind == "postgresql":
+        tgt.execute("CREATE TABLE t_zd (id integer PRIMARY KEY, d date, dt timestamp,"
+                    " ts timestamptz)")
+    else:
+        tgt.execute("CREATE TABLE t_zd (id int PRIMARY KEY, d date NULL, dt datetime NULL,"
+                    " ts timestamp NULL DEFAULT NULL)")
+    return write_pipeline(tmp_path, mysql_db.url, tgt.url, {
+        "zd": "INSERT INTO t_zd (id, d, dt, ts) SELECT z.id, z.d, z.dt, z.ts FROM zd AS z"},
+        extra=extra)
+
+
+@pytest.mark.parametrize("target_kind", ["postgresql", "mysql"])
+def test_zero_dates_become_null_both_ways(tmp_path: Path, mysql_db: Any, make_pg_db: Any,
+                                          make_mysql_db: Any, target_kind: str) -> None:
+    tgt = make_pg_db() if target_kind == "postgresql" else make_mysql_db()
+    cfg = _zero_date_pipeline(tmp_path, mysql_db, tgt)
+    mysql_db.execute(ZERO_ROWS.format(1, 2))
     cdc("setup", "-c", str(cfg))
     cdc("snapshot", "-c", str(cfg))
     with PipelineThread(cfg) as p:
-        mysql_db.execute(insert.format(3, 4))
+        mysql_db.execute(ZERO_ROWS.format(3, 4))
         p.wait_caught_up()
-    assert sorted(pg_db.query("SELECT id, d, dt FROM t_zd")) == [
-        (1, None, None), (2, None, None), (3, None, None), (4, None, None)]
-    assert pg_db.query("SELECT count(*) FROM cdc.dead_letters") == [(0,)]
+    rows = sorted(tgt.query("SELECT id, d, dt, ts FROM t_zd"))
+    assert [r[:3] for r in rows] == [(1, None, None), (2, None, None), (3, None, None),
+                                     (4, None, None)]
+    # A zero TIMESTAMP is NULL too (the binlog stores it as 0, not as the epoch),
+    # and a real one is kept.
+    assert rows[0][3] is None and rows[2][3] is None
+    assert rows[1][3] is not None and rows[1][3] == rows[3][3]
+    dl = "cdc.dead_letters" if target_kind == "postgresql" else "cdc_dead_letters"
+    assert tgt.query(f"SELECT count(*) FROM {dl}") == [(0,)]
+
+
+@pytest.mark.parametrize("target_kind", ["postgresql", "mysql"])
+def test_zero_dates_as_dead_letters(tmp_path: Path, mysql_db: Any, make_pg_db: Any,
+                                    make_mysql_db: Any, target_kind: str) -> None:
+    """types.zero_dates: dead_letter: rows with a zero date are set aside with
+    the reason, through snapshot and stream; the good rows and a later repair arrive."""
+    tgt = make_pg_db() if target_kind == "postgresql" else make_mysql_db()
+    cfg = _zero_date_pipeline(tmp_path, mysql_db, tgt, extra="types:\n  zero_dates: dead_letter\n")
+    good = "INSERT INTO zd VALUES ({0}, '2024-01-02', '2024-01-02 03:04:05', NULL)"
+    mysql_db.execute(ZERO_ROWS.format(1, 2))
+    mysql_db.execute(good.format(5))
+    cdc("setup", "-c", str(cfg))
+    cdc("snapshot", "-c", str(cfg))
+    with PipelineThread(cfg) as p:
+        mysql_db.execute(ZERO_ROWS.format(3, 4))
+        mysql_db.execute(good.format(6))
+        # The old image of this update holds the zero date: it must not hold back the repair.
+        mysql_db.execute("UPDATE zd SET d = '2024-03-03', dt = NULL, ts = NULL WHERE id = 3")
+        p.wait_caught_up()
+    assert sorted(r[0] for r in tgt.query("SELECT id FROM t_zd")) == [3, 5, 6]
+    dl = "cdc.dead_letters" if target_kind == "postgresql" else "cdc_dead_letters"
+    letters = tgt.query(f"SELECT error FROM {dl} ORDER BY id")
+    assert len(letters) == 4, letters  # 1, 2 (snapshot); 3, 4 (stream); none for the repair
+    assert all("zero date" in e and "types.zero_dates" in e for (e,) in letters), letters
+    assert any("'2024-00-15'" in e for (e,) in letters), letters  # the snapshot knows the text
 
 
 def test_time_zones_on_non_utc_servers(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ def open_source(config: Config, tables: list[str]) -> Any:
 
         return MySQLSource(config.source, server_id=config.server_id or derived_server_id(
             config.pipeline), tables=tables, heartbeat_seconds=config.heartbeat_seconds,
-            connect_timeout=config.connect_timeout)
+            connect_timeout=config.connect_timeout, zero_dates=config.zero_dates)
     from cdc.sources.postgres import PostgresSource
 
     return PostgresSource(config.source.libpq(), slot=config.slot,

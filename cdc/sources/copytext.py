@@ -43,17 +43,22 @@ def _my_escape(expr: str) -> str:
     return out
 
 
-def _my_field(col: Column) -> str | None:
+def _my_field(col: Column, zero_dates: str) -> str | None:
     q = ident(col.name, "mysql")
     base = col.base_type
     if base in _MY_INTEGERS or base in _MY_DECIMALS:
         value = q
     elif base in _MY_DATES:
-        # Zero and partial-zero dates have no PostgreSQL value: NULL, exactly
-        # as cdc.targets.pg_convert._zero_date does for the value path.
         text = f"CAST({q} AS CHAR)"
-        value = (f"IF(LEFT({text}, 4) = '0000' OR LOCATE('-00', LEFT({text}, 10)) > 0,"
-                 f" NULL, {text})")
+        if zero_dates == "dead_letter":
+            # PostgreSQL refuses the text; the chunk is then re-read as values
+            # and the row goes to the dead-letter table (cdc.deadletter).
+            value = text
+        else:
+            # Zero and partial-zero dates have no PostgreSQL value: NULL, exactly
+            # as cdc.targets.pg_convert._zero_date does for the value path.
+            value = (f"IF(LEFT({text}, 4) = '0000' OR LOCATE('-00', LEFT({text}, 10)) > 0,"
+                     f" NULL, {text})")
     elif base in _MY_STRINGS:
         value = _my_escape(f"CONVERT({q} USING utf8mb4)")
     else:
@@ -61,7 +66,7 @@ def _my_field(col: Column) -> str | None:
     return f"IFNULL({value}, {_MY_NULL})"
 
 
-def mysql_line(columns: Sequence[Column]) -> str | None:
+def mysql_line(columns: Sequence[Column], zero_dates: str = "null") -> str | None:
     """A MySQL expression giving the COPY text line for a row (without the
     bookkeeping columns), or None when some column's type needs the value path.
 
@@ -70,7 +75,7 @@ def mysql_line(columns: Sequence[Column]) -> str | None:
     """
     fields = []
     for col in columns:
-        f = _my_field(col)
+        f = _my_field(col, zero_dates)
         if f is None:
             return None
         fields.append(f)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.constants import FIELD_TYPE, NONE_SOURCE
 from pymysqlreplication.event import (
     HeartbeatLogEvent,
     QueryEvent,
@@ -30,7 +31,7 @@ from cdc import catalog
 from cdc.catalog import TableSchema
 from cdc.config import DatabaseUrl
 from cdc.errors import ConnectionLost, SourceError, TerminalError
-from cdc.events import RowChange, Transaction
+from cdc.events import RowChange, Transaction, ZeroDate
 from cdc.positions import BinlogPosition
 
 log = logging.getLogger("cdc.source.mysql")
@@ -40,6 +41,17 @@ T = TypeVar("T")
 # resuming from the committed position is the cure.
 _LOST = {2003, 2006, 2013, 2055, 1053, 1077, 1152, 1159, 1161}
 _AUTH = {1045, 1044, 1698}
+
+# mysql-replication decodes a zero or partial-zero DATE/DATETIME as None and
+# says why in the row's none_sources; a zero TIMESTAMP (stored as 0) it decodes
+# as the epoch, a value no real TIMESTAMP has (they start at 00:00:01 UTC).
+_ZERO_REASONS = {NONE_SOURCE.OUT_OF_DATE_RANGE: "0000-00-00",
+                 NONE_SOURCE.OUT_OF_DATETIME_RANGE: "0000-00-00 00:00:00",
+                 NONE_SOURCE.OUT_OF_DATETIME2_RANGE: "0000-00-00 00:00:00"}
+_DATE_TYPES = {FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE, FIELD_TYPE.DATETIME, FIELD_TYPE.DATETIME2,
+               FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2}
+_TIMESTAMP_TYPES = {FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2}
+_EPOCH = datetime(1970, 1, 1)
 
 
 def connect(url: DatabaseUrl, *, database: bool = True, timeout: float = 10.0,
@@ -97,8 +109,10 @@ class MySQLSource:
     kind = "mysql"
 
     def __init__(self, url: DatabaseUrl, *, server_id: int, tables: list[str],
-                 heartbeat_seconds: float = 10.0, connect_timeout: float = 10.0) -> None:
+                 heartbeat_seconds: float = 10.0, connect_timeout: float = 10.0,
+                 zero_dates: str = "null") -> None:
         self.url = url
+        self.zero_dates = zero_dates
         self.server_id = server_id
         self.tables = list(tables)
         self.heartbeat_seconds = heartbeat_seconds
@@ -109,7 +123,8 @@ class MySQLSource:
         """A picklable recipe for an identical source (built in the decoder process)."""
         return functools.partial(MySQLSource, self.url, server_id=self.server_id,
                                  tables=self.tables, heartbeat_seconds=self.heartbeat_seconds,
-                                 connect_timeout=self.connect_timeout)
+                                 connect_timeout=self.connect_timeout,
+                                 zero_dates=self.zero_dates)
 
     # --- control connection -------------------------------------------------
     def conn(self) -> pymysql.connections.Connection:
@@ -246,13 +261,16 @@ class MySQLSource:
                     table = ev.table
                     if tables and table not in tables:
                         continue
+                    rows = ev.rows
+                    if any(c.type in _DATE_TYPES for c in ev.columns):
+                        self._mark_zero_dates(ev, rows)
                     if isinstance(ev, WriteRowsEvent):
-                        changes.extend(RowChange(table, "I", None, r["values"]) for r in ev.rows)
+                        changes.extend(RowChange(table, "I", None, r["values"]) for r in rows)
                     elif isinstance(ev, UpdateRowsEvent):
                         changes.extend(RowChange(table, "U", r["before_values"], r["after_values"])
-                                       for r in ev.rows)
+                                       for r in rows)
                     else:
-                        changes.extend(RowChange(table, "D", r["values"], None) for r in ev.rows)
+                        changes.extend(RowChange(table, "D", r["values"], None) for r in rows)
                     continue
                 commit = isinstance(ev, XidEvent) or (
                     isinstance(ev, QueryEvent) and _query_text(ev) == "COMMIT")
@@ -285,6 +303,29 @@ class MySQLSource:
                         last_yield = now
         finally:
             stream.close()
+
+
+    def _mark_zero_dates(self, ev: Any, rows: list[dict[str, Any]]) -> None:
+        """Zero dates become None (the default) or ZeroDate markers, the same
+        whatever column type held them (see _ZERO_REASONS)."""
+        keep = self.zero_dates == "dead_letter"
+        stamps = [c.name for c in ev.columns if c.type in _TIMESTAMP_TYPES]
+        for r in rows:
+            for values_key, nones_key in (("values", "none_sources"),
+                                          ("before_values", "before_none_sources"),
+                                          ("after_values", "after_none_sources")):
+                image = r.get(values_key)
+                if image is None:
+                    continue
+                for name in stamps:
+                    v = image.get(name)
+                    if v is not None and v == _EPOCH:
+                        image[name] = ZeroDate("0000-00-00 00:00:00") if keep else None
+                if keep:
+                    for name, why in (r.get(nones_key) or {}).items():
+                        text = _ZERO_REASONS.get(why)
+                        if text is not None:
+                            image[name] = ZeroDate(text)
 
 
 def _query_text(ev: QueryEvent) -> str:

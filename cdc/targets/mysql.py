@@ -31,9 +31,9 @@ from cdc import bookkeeping, catalog
 from cdc.batch import Batch, Converter, stage_rows
 from cdc.catalog import TableSchema
 from cdc.config import Config
-from cdc.deadletter import MYSQL_ROW_ERRORS, DeadLetter, change_to_json, one_line
+from cdc.deadletter import MYSQL_ROW_ERRORS, DeadLetter, change_to_json, one_line, zero_date_letters
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
-from cdc.events import RowChange
+from cdc.events import RowChange, is_zero_date_text
 from cdc.positions import Position, decode_position
 from cdc.rules.compile import CompiledRule, StageTable, ident
 from cdc.sources.mysql import classify as classify_connect
@@ -120,12 +120,20 @@ def _bits(v: Any) -> Any:
     return v
 
 
+def _zero_to_null(v: Any) -> Any:
+    return None if is_zero_date_text(v) else v
+
+
 def converters(stage: StageTable, source_kind: str = "mysql") -> list[Converter | None]:
     out: list[Converter | None] = []
     for col, t in zip(stage.source.columns, stage.types, strict=True):
         # PostgreSQL's bit(n) arrives as its text ('1010') and stays text.
         if col.base_type == "bit" and source_kind == "mysql":
             out.append(_bits)
+        elif col.base_type in ("date", "datetime", "timestamp") and source_kind == "mysql":
+            # types.zero_dates: null holds for every target; a SELECT returns
+            # zero dates as text, the binlog decoder as None.
+            out.append(_zero_to_null)
         elif t == "json":
             out.append(_json_text)
         elif t.startswith("datetime"):
@@ -443,6 +451,11 @@ class MySQLTarget:
     def _apply_table(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                      table_rules: list[CompiledRule], convs: list[Converter | None] | None,
                      positions: Any, existing: dict[int, int]) -> int:
+        if self.config.zero_dates == "dead_letter" and self.config.source.kind == "mysql" \
+                and table_rules:
+            changes, dead = zero_date_letters(changes, st, table_rules[0].name, positions,
+                                              existing)
+            self.dead_letters.extend(dead)
         if any(r.validations for r in table_rules):
             changes = self._validate(tx, st, changes, table_rules, convs, positions, existing)
         try:

@@ -19,7 +19,7 @@ from cdc import bookkeeping, catalog
 from cdc.batch import Batch, Converter, stage_rows
 from cdc.catalog import TableSchema
 from cdc.config import Config, DatabaseUrl
-from cdc.deadletter import DeadLetter, change_to_json, one_line, pg_is_row_error
+from cdc.deadletter import DeadLetter, change_to_json, one_line, pg_is_row_error, zero_date_letters
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
 from cdc.events import RowChange
 from cdc.positions import Position, decode_position
@@ -359,6 +359,11 @@ class PostgresTarget:
                      convs: list[Converter | None] | None, positions: Any,
                      existing: dict[int, int]) -> int:
         staged = 0
+        if self.config.zero_dates == "dead_letter" and self.config.source.kind == "mysql" \
+                and table_rules:
+            changes, dead = zero_date_letters(changes, st, table_rules[0].name, positions,
+                                              existing)
+            self.dead_letters.extend(dead)
         if any(r.validations for r in table_rules):
             changes = self._validate(conn, st, changes, table_rules, convs, positions, existing)
         try:
