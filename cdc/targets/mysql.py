@@ -31,12 +31,13 @@ from cdc import bookkeeping, catalog
 from cdc.batch import Batch, Converter, stage_rows
 from cdc.catalog import TableSchema
 from cdc.config import Config
-from cdc.deadletter import MYSQL_ROW_ERRORS, DeadLetter, change_to_json, one_line, zero_date_letters
+from cdc.deadletter import MYSQL_ROW_ERRORS, DeadLetter, change_to_json
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
 from cdc.events import RowChange, is_zero_date_text
 from cdc.positions import Position, decode_position
 from cdc.rules.compile import CompiledRule, StageTable, ident
 from cdc.sources.mysql import classify as classify_connect
+from cdc.targets import isolate
 
 log = logging.getLogger("cdc.target.mysql")
 
@@ -451,20 +452,11 @@ class MySQLTarget:
     def _apply_table(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                      table_rules: list[CompiledRule], convs: list[Converter | None] | None,
                      positions: Any, existing: dict[int, int]) -> int:
-        if self.config.zero_dates == "dead_letter" and self.config.source.kind == "mysql" \
-                and table_rules:
-            changes, dead = zero_date_letters(changes, st, table_rules[0].name, positions,
-                                              existing)
-            self.dead_letters.extend(dead)
-        if any(r.validations for r in table_rules):
-            changes = self._validate(tx, st, changes, table_rules, convs, positions, existing)
-        try:
-            with tx():
-                return self._stage_and_run(tx, st, changes, table_rules, convs)
-        except _RowFailure:
-            pass
-        self._bisect(tx, st, changes, table_rules, convs, positions, existing)
-        return 0
+        return isolate.apply_table(self, tx, st, changes, table_rules, convs, positions,
+                                   existing)
+
+    def _savepoint(self, tx: _Tx) -> Any:
+        return tx()
 
     def prepare_tables(self, tx: _Tx, stages: Sequence[StageTable],
                        rules: Sequence[CompiledRule]) -> None:
@@ -497,7 +489,7 @@ class MySQLTarget:
         except pymysql.err.MySQLError as e:
             # A value the staging column cannot hold is the row's problem.
             if _code(e) in MYSQL_ROW_ERRORS and table_rules:
-                raise _RowFailure(table_rules[0], e) from None
+                raise isolate.RowFailure(table_rules[0], str(e.args[-1])) from None
             raise
         for r in table_rules:
             tx.execute(r.clear_result)
@@ -509,34 +501,16 @@ class MySQLTarget:
                     if code in _TRANSIENT_CODES or code >= 2000:
                         raise
                     if code in MYSQL_ROW_ERRORS:
-                        raise _RowFailure(r, e) from None
+                        raise isolate.RowFailure(r, str(e.args[-1])) from None
                     raise _rule_error(r, e) from None
         return len(rows)
 
-    def _bisect(self, tx: _Tx, st: StageTable, changes: list[RowChange],
-                table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                positions: Any, existing: dict[int, int]) -> None:
-        if len(changes) == 1:
-            try:
-                with tx():
-                    self._stage_and_run(tx, st, changes, table_rules, convs)
-            except _RowFailure as f:
-                ch = changes[0]
-                self.dead_letters.append(DeadLetter(
-                    f.rule.name, ch, positions.get(id(ch)), one_line(str(f.error.args[-1])),
-                    existing.get(id(ch))))
-            return
-        mid = len(changes) // 2
-        for half in (changes[:mid], changes[mid:]):
-            try:
-                with tx():
-                    self._stage_and_run(tx, st, half, table_rules, convs)
-            except _RowFailure:
-                self._bisect(tx, st, half, table_rules, convs, positions, existing)
-
-    def _validate(self, tx: _Tx, st: StageTable, changes: list[RowChange],
-                  table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                  positions: Any, existing: dict[int, int]) -> list[RowChange]:
+    def _validation_failures(self, tx: _Tx, st: StageTable, changes: list[RowChange],
+                             table_rules: list[CompiledRule],
+                             convs: list[Converter | None] | None
+                             ) -> dict[int, tuple[str, str]]:
+        """Batch positions of changes whose new image fails a rule's validation
+        condition -> (rule, condition).  Runs in a savepoint rolled back after."""
         failed: dict[int, tuple[str, str]] = {}
         rows = [(*r[:-1], int(r[-1])) for r in stage_rows(changes, st.columns, convs)]
         with tx(force_rollback=True):
@@ -545,19 +519,10 @@ class MySQLTarget:
                 for cond, query in r.validations:
                     try:
                         for (seq,) in tx.execute(query).fetchall():
-                            failed.setdefault((int(seq) - 1) // 2 - 1, (r.name, cond))
+                            failed.setdefault(isolate.seq_to_index(seq), (r.name, cond))
                     except pymysql.err.MySQLError as e:
                         raise _rule_error(r, e) from None
-        keep = []
-        for i, ch in enumerate(changes):
-            if i in failed:
-                rule, cond = failed[i]
-                self.dead_letters.append(DeadLetter(rule, ch, positions.get(id(ch)),
-                                                    f"validation failed: {cond}",
-                                                    existing.get(id(ch))))
-            else:
-                keep.append(ch)
-        return keep
+        return failed
 
     def _write_dead_letters(self, tx: _Tx) -> None:
         secs = self.config.dlq_retry_seconds
@@ -677,13 +642,6 @@ class MySQLTarget:
     def snapshot_finish(self, tx: _Tx, table: str) -> None:
         tx.execute("UPDATE cdc_snapshot_tables SET state = 'done', finished_at = UTC_TIMESTAMP(6)"
                    " WHERE pipeline = %s AND table_name = %s", (self.pipeline, table))
-
-
-class _RowFailure(Exception):
-    def __init__(self, rule: CompiledRule, error: pymysql.err.MySQLError) -> None:
-        super().__init__(str(error))
-        self.rule = rule
-        self.error = error
 
 
 def _marks(n: int) -> str:

@@ -19,11 +19,12 @@ from cdc import bookkeeping, catalog
 from cdc.batch import Batch, Converter, stage_rows
 from cdc.catalog import TableSchema
 from cdc.config import Config, DatabaseUrl
-from cdc.deadletter import DeadLetter, change_to_json, one_line, pg_is_row_error, zero_date_letters
+from cdc.deadletter import DeadLetter, change_to_json, pg_is_row_error
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
 from cdc.events import RowChange
 from cdc.positions import Position, decode_position
 from cdc.rules.compile import CompiledRule, StageTable
+from cdc.targets import isolate
 
 log = logging.getLogger("cdc.target.postgres")
 T = TypeVar("T")
@@ -358,38 +359,28 @@ class PostgresTarget:
                      changes: list[RowChange], table_rules: list[CompiledRule],
                      convs: list[Converter | None] | None, positions: Any,
                      existing: dict[int, int]) -> int:
-        staged = 0
-        if self.config.zero_dates == "dead_letter" and self.config.source.kind == "mysql" \
-                and table_rules:
-            changes, dead = zero_date_letters(changes, st, table_rules[0].name, positions,
-                                              existing)
-            self.dead_letters.extend(dead)
-        if any(r.validations for r in table_rules):
-            changes = self._validate(conn, st, changes, table_rules, convs, positions, existing)
-        try:
-            with conn.transaction():
-                staged = self._stage_and_run(conn, st, changes, table_rules, convs, clear=False)
-            return staged
-        except _RowFailure:
-            pass
-        self._bisect(conn, st, changes, table_rules, convs, positions, existing)
-        return staged
+        return isolate.apply_table(self, conn, st, changes, table_rules, convs, positions,
+                                   existing)
+
+    def _savepoint(self, conn: psycopg.Connection[Any]) -> Any:
+        return conn.transaction()
 
     def _stage_and_run(self, conn: psycopg.Connection[Any], st: StageTable,
                        changes: list[RowChange], table_rules: list[CompiledRule],
-                       convs: list[Converter | None] | None, clear: bool) -> int:
+                       convs: list[Converter | None] | None) -> int:
         with conn.cursor() as cur:
-            if clear:
-                cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(st.name)))
-                for r in table_rules:
-                    cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(r.result_name)))
+            # Empty unless an earlier half of a bisection left rows here (its
+            # savepoint was released); a DELETE of an empty temp table is cheap.
+            cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(st.name)))
+            for r in table_rules:
+                cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(r.result_name)))
             rows = stage_rows(changes, st.columns, convs)
             try:
                 self._copy(cur, st, rows)
             except psycopg.Error as e:
                 # A value the staging column cannot hold is the row's problem.
                 if pg_is_row_error(e.sqlstate) and table_rules:
-                    raise _RowFailure(table_rules[0], e) from None
+                    raise isolate.RowFailure(table_rules[0], _pg_text(e)) from None
                 raise
             for r in table_rules:
                 for stmt in r.statements():
@@ -399,7 +390,7 @@ class PostgresTarget:
                         if isinstance(e, (psycopg.OperationalError, *_TRANSIENT)):
                             raise
                         if pg_is_row_error(e.sqlstate):
-                            raise _RowFailure(r, e) from None
+                            raise isolate.RowFailure(r, _pg_text(e)) from None
                         raise _rule_error(r, e) from None
         return len(rows)
 
@@ -470,33 +461,12 @@ class PostgresTarget:
             for row in rows:
                 cp.write_row(row)
 
-    def _bisect(self, conn: psycopg.Connection[Any], st: StageTable, changes: list[RowChange],
-                table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                positions: Any, existing: dict[int, int]) -> None:
-        """Apply ``changes`` in source order, halving around failures until each
-        failing change stands alone; those become dead letters."""
-        if len(changes) == 1:
-            try:
-                with conn.transaction():
-                    self._stage_and_run(conn, st, changes, table_rules, convs, clear=True)
-            except _RowFailure as f:
-                ch = changes[0]
-                self.dead_letters.append(DeadLetter(
-                    f.rule.name, ch, positions.get(id(ch)), one_line(_pg_text(f.error)),
-                    existing.get(id(ch))))
-            return
-        mid = len(changes) // 2
-        for half in (changes[:mid], changes[mid:]):
-            try:
-                with conn.transaction():
-                    self._stage_and_run(conn, st, half, table_rules, convs, clear=True)
-            except _RowFailure:
-                self._bisect(conn, st, half, table_rules, convs, positions, existing)
-
-    def _validate(self, conn: psycopg.Connection[Any], st: StageTable, changes: list[RowChange],
-                  table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                  positions: Any, existing: dict[int, int]) -> list[RowChange]:
-        """Set aside changes whose new image fails a rule's validation condition."""
+    def _validation_failures(self, conn: psycopg.Connection[Any], st: StageTable,
+                             changes: list[RowChange], table_rules: list[CompiledRule],
+                             convs: list[Converter | None] | None
+                             ) -> dict[int, tuple[str, str]]:
+        """Batch positions of changes whose new image fails a rule's validation
+        condition -> (rule, condition).  Runs in a savepoint rolled back after."""
         failed: dict[int, tuple[str, str]] = {}
         with conn.transaction(force_rollback=True):
             with conn.cursor() as cur:
@@ -506,21 +476,12 @@ class PostgresTarget:
                     for cond, query in r.validations:
                         try:
                             for (seq,) in cur.execute(query.encode()).fetchall():
-                                failed.setdefault((int(seq) - 1) // 2 - 1, (r.name, cond))
+                                failed.setdefault(isolate.seq_to_index(seq), (r.name, cond))
                         except psycopg.Error as e:
                             if isinstance(e, (psycopg.OperationalError, *_TRANSIENT)):
                                 raise
                             raise _rule_error(r, e) from None
-        keep = []
-        for i, ch in enumerate(changes):
-            if i in failed:
-                rule, cond = failed[i]
-                self.dead_letters.append(DeadLetter(
-                    rule, ch, positions.get(id(ch)), f"validation failed: {cond}",
-                    existing.get(id(ch))))
-            else:
-                keep.append(ch)
-        return keep
+        return failed
 
     def _write_dead_letters(self, conn: psycopg.Connection[Any]) -> None:
         for dl in self.dead_letters:
@@ -677,15 +638,6 @@ class _Positions:
             self.map = {id(ch): tx.position.encode() for tx in self.batch.transactions
                         for ch in tx.changes}
         return self.map.get(key)
-
-
-class _RowFailure(Exception):
-    """A rule statement failed for a data reason; the batch is bisected."""
-
-    def __init__(self, rule: CompiledRule, error: psycopg.Error) -> None:
-        super().__init__(str(error))
-        self.rule = rule
-        self.error = error
 
 
 def _pg_text(e: psycopg.Error) -> str:
