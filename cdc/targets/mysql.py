@@ -125,11 +125,26 @@ def _zero_to_null(v: Any) -> Any:
     return None if is_zero_date_text(v) else v
 
 
+# Source types whose Python values pymysql already writes correctly: no
+# per-value call for them (converters run once per value of every row).
+_AS_IS = {
+    "postgresql": {"int2", "int4", "int8", "oid", "text", "varchar", "bpchar", "date",
+                   "timestamp"},
+    "mysql": {"tinyint", "smallint", "mediumint", "int", "integer", "bigint", "decimal",
+              "numeric", "float", "double", "real", "char", "varchar", "tinytext", "text",
+              "mediumtext", "longtext", "enum", "binary", "varbinary", "tinyblob", "blob",
+              "mediumblob", "longblob", "year", "time"},
+}
+
+
 def converters(stage: StageTable, source_kind: str = "mysql") -> list[Converter | None]:
     out: list[Converter | None] = []
+    as_is = _AS_IS.get(source_kind, set())
     for col, t in zip(stage.source.columns, stage.types, strict=True):
+        if col.base_type in as_is and t != "json":
+            out.append(None)
         # PostgreSQL's bit(n) arrives as its text ('1010') and stays text.
-        if col.base_type == "bit" and source_kind == "mysql":
+        elif col.base_type == "bit" and source_kind == "mysql":
             out.append(_bits)
         elif col.base_type in ("date", "datetime", "timestamp") and source_kind == "mysql":
             # types.zero_dates: null holds for every target; a SELECT returns
@@ -201,6 +216,7 @@ class MySQLTarget:
         self._conn: pymysql.connections.Connection | None = None
         self._tx: _Tx | None = None
         self._prepared: set[str] = set()
+        self._mariadb = False
         self.dead_letters: list[DeadLetter] = []
 
     # --- connection and catalog ---------------------------------------------
@@ -218,6 +234,7 @@ class MySQLTarget:
                 raise classify_connect(e, u) from None
             self._tx = _Tx(self._conn)
             self._prepared.clear()
+            self._mariadb = "mariadb" in str(self._conn.get_server_info()).lower()
         return self._conn
 
     def tx(self) -> _Tx:
@@ -370,16 +387,30 @@ class MySQLTarget:
         return {k: _aware(v) for k, v in zip(names, rows[0], strict=True)}
 
     # --- applying -------------------------------------------------------------
+    def _scratch(self, create: str, name: str) -> str:
+        """On MariaDB, staging and result tables use Aria: clearing one for each
+        batch costs ~6 ms per 20,000 rows against ~25 ms with InnoDB and ~110 ms
+        with MyISAM (TRUNCATE would be instant but commits the transaction).
+        They need no transactions: every use empties them first."""
+        if not self._mariadb:
+            return create
+        head = f"CREATE TEMPORARY TABLE IF NOT EXISTS {ident(name, 'mysql')}"
+        assert create.startswith(head), create
+        rest = create[len(head):]
+        if rest.startswith(" ("):  # column definitions, then table options
+            return f"{create} ENGINE=Aria"
+        return f"{head} ENGINE=Aria{rest}"  # CREATE … AS SELECT
+
     def _prepare(self, tx: _Tx, stages: Sequence[StageTable],
                  rules: Sequence[CompiledRule]) -> None:
         for st in stages:
             if st.name not in self._prepared:
-                tx.execute(st.create)
+                tx.execute(self._scratch(st.create, st.name))
                 self._prepared.add(st.name)
         for r in rules:
             if r.result_name not in self._prepared:
                 try:
-                    tx.execute(r.create_result)
+                    tx.execute(self._scratch(r.create_result, r.result_name))
                 except pymysql.err.MySQLError as e:
                     raise _rule_error(r, e) from None
                 self._prepared.add(r.result_name)
@@ -473,12 +504,21 @@ class MySQLTarget:
             return
         cols = ", ".join(ident(c, "mysql") for c in
                          [*st.columns, "_cdc_seq", "_cdc_kind", "_cdc_partial"])
-        marks = "(" + ", ".join(["%s"] * (len(st.columns) + 3)) + ")"
-        query = f"INSERT INTO {st.quoted} ({cols}) VALUES {marks}"  # noqa: S608 - quoted
-        cur = self.conn().cursor()
-        for lo in range(0, len(rows), 2000):
-            # pymysql turns executemany of INSERT … VALUES into multi-row INSERTs.
-            cur.executemany(query, rows[lo:lo + 2000])
+        head = f"INSERT INTO {st.quoted} ({cols}) VALUES "  # noqa: S608 - quoted
+        conn = self.conn()
+        literal = conn.literal
+        cur = conn.cursor()
+        parts: list[str] = []
+        size = 0
+        for row in rows:
+            text = "(" + ",".join([_literal(v, literal) for v in row]) + ")"
+            parts.append(text)
+            size += len(text)
+            if size > _INSERT_BYTES:
+                cur.execute(head + ",".join(parts))
+                parts, size = [], 0
+        if parts:
+            cur.execute(head + ",".join(parts))
 
     def _stage_and_run(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                        table_rules: list[CompiledRule],
@@ -642,6 +682,30 @@ class MySQLTarget:
     def snapshot_finish(self, tx: _Tx, table: str) -> None:
         tx.execute("UPDATE cdc_snapshot_tables SET state = 'done', finished_at = UTC_TIMESTAMP(6)"
                    " WHERE pipeline = %s AND table_name = %s", (self.pipeline, table))
+
+
+# A multi-row INSERT is sent when its text passes this size, well under the
+# server's max_allowed_packet (16 MB by default on MariaDB, 64 MB on MySQL 8).
+_INSERT_BYTES = 2_000_000
+# pymysql's string escaping (converters.escape_string), as one translate table.
+_ESCAPE = str.maketrans({"\0": "\\0", "\n": "\\n", "\r": "\\r", "\x1a": "\\Z",
+                         "'": "\\'", '"': '\\"', "\\": "\\\\"})
+
+
+def _literal(v: Any, literal: Callable[[Any], str]) -> str:
+    """A SQL literal for one staged value: the common types inline (pymysql's
+    per-value dispatch costs ~0.6 µs, a third of a staged row), the rest by
+    pymysql itself, so every value is escaped exactly as pymysql would."""
+    t = type(v)
+    if t is str:
+        return "'" + v.translate(_ESCAPE) + "'"
+    if t is int:
+        return str(v)
+    if v is None:
+        return "NULL"
+    if t is Decimal and v.is_finite():
+        return format(v, "f")  # never exponent notation: MySQL reads that as a double
+    return literal(v)
 
 
 def _marks(n: int) -> str:
