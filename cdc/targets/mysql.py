@@ -21,7 +21,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -112,6 +112,15 @@ def _interval_text(v: Any) -> Any:
     return _plain(v)
 
 
+def _finite(v: Any) -> Any:
+    """PostgreSQL numbers: NaN and infinities as text, as _plain does (a
+    numeric column rejects them loudly; a text one keeps them)."""
+    t = type(v)
+    if (t is Decimal and not v.is_finite()) or (t is float and not math.isfinite(v)):
+        return str(v)
+    return v
+
+
 def _bits(v: Any) -> Any:
     # The binlog decoder gives BIT as a string of 0s and 1s; a SELECT gives bytes.
     if isinstance(v, str):
@@ -143,6 +152,9 @@ def converters(stage: StageTable, source_kind: str = "mysql") -> list[Converter 
     for col, t in zip(stage.source.columns, stage.types, strict=True):
         if col.base_type in as_is and t != "json":
             out.append(None)
+        elif source_kind == "postgresql" and col.base_type in ("numeric", "float4", "float8") \
+                and t != "json":
+            out.append(_finite)
         # PostgreSQL's bit(n) arrives as its text ('1010') and stays text.
         elif col.base_type == "bit" and source_kind == "mysql":
             out.append(_bits)
@@ -496,7 +508,7 @@ class MySQLTarget:
     def stage_only(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                    convs: list[Converter | None] | None) -> None:
         """Replace the staging table's rows with these changes (for `cdc verify`)."""
-        self._load(tx, st, [(*r[:-1], int(r[-1])) for r in stage_rows(changes, st.columns, convs)])
+        self._load(tx, st, stage_rows(changes, st.columns, convs))
 
     def _load(self, tx: _Tx, st: StageTable, rows: list[tuple[Any, ...]]) -> None:
         tx.execute(st.truncate)
@@ -506,7 +518,7 @@ class MySQLTarget:
                          [*st.columns, "_cdc_seq", "_cdc_kind", "_cdc_partial"])
         head = f"INSERT INTO {st.quoted} ({cols}) VALUES "  # noqa: S608 - quoted
         conn = self.conn()
-        literal = conn.literal
+        literal = conn.escape
         cur = conn.cursor()
         parts: list[str] = []
         size = 0
@@ -523,7 +535,7 @@ class MySQLTarget:
     def _stage_and_run(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                        table_rules: list[CompiledRule],
                        convs: list[Converter | None] | None) -> int:
-        rows = [(*r[:-1], int(r[-1])) for r in stage_rows(changes, st.columns, convs)]
+        rows = stage_rows(changes, st.columns, convs)
         try:
             self._load(tx, st, rows)
         except pymysql.err.MySQLError as e:
@@ -552,7 +564,7 @@ class MySQLTarget:
         """Batch positions of changes whose new image fails a rule's validation
         condition -> (rule, condition).  Runs in a savepoint rolled back after."""
         failed: dict[int, tuple[str, str]] = {}
-        rows = [(*r[:-1], int(r[-1])) for r in stage_rows(changes, st.columns, convs)]
+        rows = stage_rows(changes, st.columns, convs)
         with tx(force_rollback=True):
             self._load(tx, st, rows)
             for r in table_rules:
@@ -703,8 +715,14 @@ def _literal(v: Any, literal: Callable[[Any], str]) -> str:
         return str(v)
     if v is None:
         return "NULL"
+    if t is bool:
+        return "1" if v else "0"
     if t is Decimal and v.is_finite():
         return format(v, "f")  # never exponent notation: MySQL reads that as a double
+    if t is datetime and v.tzinfo is None:
+        return "'" + v.isoformat(" ") + "'"
+    if t is date:
+        return "'" + v.isoformat() + "'"
     return literal(v)
 
 
