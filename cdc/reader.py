@@ -227,21 +227,48 @@ class ProcessReader:
         self.proc = ctx.Process(target=_child, args=(factory, start, self.queue,
                                                      self.stop_event, self.acked, os.getpid()),
                                 name="cdc-decoder", daemon=True)
+        self._local: queue.Queue[Any] = queue.Queue(maxsize=max(1, maxsize // 4))
+        self._pump_stop = threading.Event()
+        self._pump = threading.Thread(target=self._pump_main, name="cdc-unpack", daemon=True)
 
     def start(self) -> None:
         self.proc.start()
+        self._pump.start()
+
+    def _pump_main(self) -> None:
+        """Unpickle and unpack in this thread: the main thread would otherwise
+        do it between batches; here it overlaps the target's statements (the
+        main thread waits on the database with the GIL released)."""
+        while not self._pump_stop.is_set():
+            try:
+                item = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError, ValueError):  # closed while stopping
+                return
+            item = _unpacked(item)
+            while not self._pump_stop.is_set():
+                try:
+                    self._local.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
 
     def get(self, timeout: float) -> Any:
         try:
-            return _unpacked(self.queue.get(timeout=timeout))
+            return self._local.get(timeout=timeout)
         except queue.Empty:
             if not self.proc.is_alive():
+                try:  # what it sent before exiting may still be on its way
+                    return self._local.get(timeout=1.0)
+                except queue.Empty:
+                    pass
                 raise ConnectionLost(f"the decoder process exited (code {self.proc.exitcode}); "
                                      "restarting from the last committed position") from None
             raise
 
     def get_nowait(self) -> Any:
-        return _unpacked(self.queue.get_nowait())
+        return self._local.get_nowait()
 
     def ack(self, position: Any) -> None:
         value = getattr(position, "value", None)
@@ -250,6 +277,9 @@ class ProcessReader:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._pump_stop.set()
+        if self._pump.is_alive():
+            self._pump.join(timeout=5)
         self.proc.join(timeout=5)
         if self.proc.is_alive():
             self.proc.kill()

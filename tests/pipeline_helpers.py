@@ -128,8 +128,14 @@ class DaemonProcess:
         self.cfg_path = cfg_path
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.streams_before = 0
+
+    def _streams(self) -> int:
+        return self.log.read_text(errors="replace").count("streaming pipeline") \
+            if self.log.exists() else 0
 
     def start(self) -> None:
+        self.streams_before = self._streams()
         fh = open(self.log, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", "-c",
                                       str(self.cfg_path)], stdout=fh, stderr=fh, cwd=REPO)
@@ -141,7 +147,14 @@ class DaemonProcess:
         self.proc.wait(timeout=10)
 
     def terminate(self) -> int:
+        """SIGTERM once the daemon is past startup (it logged "streaming
+        pipeline"): during Python's own startup SIGTERM still has its default
+        action, exit -15, which is not what these tests look at."""
         assert self.proc is not None
+        deadline = time.monotonic() + 60
+        while self.proc.poll() is None and self._streams() <= self.streams_before \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
 
