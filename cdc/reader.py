@@ -166,7 +166,8 @@ def _child(factory: Callable[[], Any], start: Any, q: Any, stop: Any,
         for tx in source.stream(start, stop):
             while not stop.is_set():
                 try:
-                    q.put(pack(tx), timeout=0.2)
+                    # A source may hand over transactions already packed.
+                    q.put(tx if isinstance(tx, tuple) else pack(tx), timeout=0.2)
                     break
                 except queue.Full:
                     continue

@@ -415,3 +415,24 @@ def test_row_changes_and_before_images() -> None:
     assert (upd.before, upd.after, upd.partial_before) == (
         {"id": 1}, {"id": 1, "big": UNCHANGED, "n": 2}, True)
     assert type(msgs[5].new) is pgoutput.TupleWithUnchanged
+
+
+@pytest.mark.parametrize("name", ["types", "full", "toast"])
+def test_packed_changes_unpack_to_the_same_row_changes(name: str) -> None:
+    """The decoder process skips RowChange objects (packed_change); after the
+    pipe they must be exactly the changes row_change builds."""
+    from cdc.events import Transaction
+    from cdc.reader import unpack
+
+    dec, msgs, _, _ = decode_all(name)
+    rows = [m for m in msgs if isinstance(m, Insert | Update | Delete)]
+    expected = [dec.row_change(dec.relation(m.relation_oid), m) for m in rows]
+    cols: dict[str, tuple[str, ...]] = {}
+    packed = []
+    for m in rows:
+        info = dec.relation(m.relation_oid)
+        names = cols.setdefault(info.table, info.names)
+        packed.append((*dec.packed_change(info, m), None if names == info.names else info.names))
+    got = unpack((Lsn(1), None, False, {}, cols, packed))
+    assert isinstance(got, Transaction)
+    assert repr(got.changes) == repr(expected)  # repr: Decimal('NaN') != itself

@@ -33,7 +33,7 @@ from psycopg.pq import DiagnosticField, ExecStatus
 from cdc import catalog
 from cdc.catalog import TableSchema, split_name
 from cdc.errors import CdcError, ConnectionLost, SourceError
-from cdc.events import RowChange, Transaction
+from cdc.events import Transaction
 from cdc.positions import Lsn
 from cdc.sources.pgoutput import (
     TEXT_ARRAY_OID,
@@ -94,7 +94,7 @@ class PostgresSource:
 
     def __init__(self, url: str, *, slot: str, publication: str, tables: Sequence[str],
                  heartbeat_seconds: float = 10.0, status_interval: float = 10.0,
-                 text_values: bool = False) -> None:
+                 text_values: bool = False, packed: bool = False) -> None:
         if not _SLOT_NAME.match(slot):
             raise SourceError(f"invalid replication slot name {slot!r}",
                               fix="use lower case letters, digits and underscores (max 63)")
@@ -109,6 +109,9 @@ class PostgresSource:
         # the same type (staging columns have the source's types), so decoding
         # and re-encoding every value would only cost time.
         self.text_values = text_values
+        # In the decoder process: yield transactions already packed for the
+        # pipe (cdc.reader.pack), skipping per-row dicts and RowChange objects.
+        self.packed = packed
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()
         self._ack_lock = threading.Lock()
@@ -444,7 +447,7 @@ class PostgresSource:
                                  publication=self.publication, tables=self.tables,
                                  heartbeat_seconds=self.heartbeat_seconds,
                                  status_interval=self.status_interval,
-                                 text_values=self.text_values)
+                                 text_values=self.text_values, packed=True)
 
     def ack(self, position: Lsn) -> None:
         """Record that the target committed everything up to ``position`` (any thread).
@@ -554,7 +557,8 @@ class PostgresSource:
         sel = selectors.DefaultSelector()
         sel.register(pgconn.socket, selectors.EVENT_READ)
 
-        changes: list[RowChange] | None = None  # None: no transaction open
+        changes: list[Any] | None = None  # None: no transaction open
+        packed_cols: dict[str, tuple[str, ...]] | None = None
         truncated: list[str] = []
         heartbeat_msg = False
         origin: str | None = None
@@ -624,9 +628,16 @@ class PostgresSource:
                     if changes is None:
                         raise ProtocolError("pgoutput: row change outside a transaction")
                     if info.table in tables:
-                        changes.append(decoder.row_change(info, msg))
+                        if packed_cols is None:
+                            changes.append(decoder.row_change(info, msg))
+                        else:
+                            names = packed_cols.setdefault(info.table, info.names)
+                            changes.append((*decoder.packed_change(info, msg),
+                                            None if names is info.names or names == info.names
+                                            else info.names))
                 elif isinstance(msg, Begin):
                     changes, truncated, heartbeat_msg, origin = [], [], False, None
+                    packed_cols = {} if self.packed else None
                 elif isinstance(msg, Commit):
                     last_pos = max(last_pos, msg.end_lsn)
                     if changes or truncated:
@@ -634,8 +645,13 @@ class PostgresSource:
                         if origin is not None:
                             extra["origin"] = origin
                         last_yield = now
-                        yield Transaction(changes or [], Lsn(msg.end_lsn), msg.commit_time,
-                                          extra=extra)
+                        if packed_cols is not None:
+                            # Already in cdc.reader.pack's form (decoder process).
+                            yield (Lsn(msg.end_lsn), msg.commit_time, False,  # type: ignore[misc]
+                                   extra, packed_cols, changes or [])
+                        else:
+                            yield Transaction(changes or [], Lsn(msg.end_lsn), msg.commit_time,
+                                              extra=extra)
                     elif heartbeat_msg or now - last_yield >= self.heartbeat_seconds:
                         last_yield = now
                         yield Transaction([], Lsn(msg.end_lsn), msg.commit_time,
