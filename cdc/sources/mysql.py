@@ -113,6 +113,8 @@ class MySQLSource:
                  zero_dates: str = "null") -> None:
         self.url = url
         self.zero_dates = zero_dates
+        self._date_events: dict[str, Any] = {}
+        self._has_dates: dict[str, bool] = {}
         self.server_id = server_id
         self.tables = list(tables)
         self.heartbeat_seconds = heartbeat_seconds
@@ -262,7 +264,10 @@ class MySQLSource:
                     if tables and table not in tables:
                         continue
                     rows = ev.rows
-                    if any(c.type in _DATE_TYPES for c in ev.columns):
+                    if self._date_events.get(table) is not ev.columns:
+                        self._date_events[table] = ev.columns
+                        self._has_dates[table] = any(c.type in _DATE_TYPES for c in ev.columns)
+                    if self._has_dates[table]:
                         self._mark_zero_dates(ev, rows)
                     if isinstance(ev, WriteRowsEvent):
                         changes.extend(RowChange(table, "I", None, r["values"]) for r in rows)
@@ -310,6 +315,8 @@ class MySQLSource:
         whatever column type held them (see _ZERO_REASONS)."""
         keep = self.zero_dates == "dead_letter"
         stamps = [c.name for c in ev.columns if c.type in _TIMESTAMP_TYPES]
+        if not keep and not stamps:
+            return  # None is already what the decoder gave
         for r in rows:
             for values_key, nones_key in (("values", "none_sources"),
                                           ("before_values", "before_none_sources"),
