@@ -359,6 +359,7 @@ class Snapshot:
         stack = contextlib.ExitStack()
         try:
             conn = stack.enter_context(target.transaction())
+            target.snapshot_chunk_begin(conn)
             target.lock_offset_shared(conn)
             chunk = reader.read(last, text=reader.line_sql is not None)
         except BaseException:

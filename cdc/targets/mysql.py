@@ -651,6 +651,9 @@ class MySQLTarget:
                            (self.pipeline,))
 
     # --- snapshot progress ------------------------------------------------------
+    def snapshot_chunk_begin(self, tx: _Tx) -> None:
+        """(InnoDB's flush at commit is a server-wide setting; nothing to relax.)"""
+
     def lock_offset_shared(self, tx: _Tx) -> None:
         tx.execute("SELECT 1 FROM cdc_offsets WHERE pipeline = %s LOCK IN SHARE MODE",
                    (self.pipeline,))
