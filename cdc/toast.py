@@ -31,9 +31,12 @@ def fill_unchanged(batch: Batch, plan: Plan, config: Config, source: Any) -> int
     """Replace every UNCHANGED in ``batch``; returns how many rows needed the source."""
     latest: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
     missing: list[tuple[RowChange, dict[str, Any], tuple[Any, ...]]] = []
+    # The source says per transaction whether any value was left out; only
+    # transactions it did not vouch for are scanned (one cheap pass).
     if not any(has_unchanged(ch.after) or has_unchanged(ch.before)
-               for tx in batch.transactions for ch in tx.changes):
-        return 0  # the common case: one cheap pass
+               for tx in batch.transactions if tx.extra.get("unchanged") is not False
+               for ch in tx.changes):
+        return 0
     for tx in batch.transactions:
         for ch in tx.changes:
             stage = plan.stages.get(ch.table)

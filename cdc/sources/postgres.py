@@ -51,6 +51,7 @@ from cdc.sources.pgoutput import (
     StreamStart,
     StreamStop,
     Truncate,
+    TupleWithUnchanged,
     Update,
 )
 
@@ -559,6 +560,7 @@ class PostgresSource:
 
         changes: list[Any] | None = None  # None: no transaction open
         packed_cols: dict[str, tuple[str, ...]] | None = None
+        unchanged = False  # a TOAST value was left out ('u') in this transaction
         truncated: list[str] = []
         heartbeat_msg = False
         origin: str | None = None
@@ -628,6 +630,10 @@ class PostgresSource:
                     if changes is None:
                         raise ProtocolError("pgoutput: row change outside a transaction")
                     if info.table in tables:
+                        if not unchanged and (type(msg) is not Insert and (
+                                type(getattr(msg, "old", None)) is TupleWithUnchanged
+                                or type(getattr(msg, "new", None)) is TupleWithUnchanged)):
+                            unchanged = True
                         if packed_cols is None:
                             changes.append(decoder.row_change(info, msg))
                         else:
@@ -638,10 +644,13 @@ class PostgresSource:
                 elif isinstance(msg, Begin):
                     changes, truncated, heartbeat_msg, origin = [], [], False, None
                     packed_cols = {} if self.packed else None
+                    unchanged = False
                 elif isinstance(msg, Commit):
                     last_pos = max(last_pos, msg.end_lsn)
                     if changes or truncated:
                         extra: dict[str, Any] = {"truncate": truncated} if truncated else {}
+                        # Lets cdc.toast skip scanning every row of this transaction.
+                        extra["unchanged"] = unchanged
                         if origin is not None:
                             extra["origin"] = origin
                         last_yield = now
