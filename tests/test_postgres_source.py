@@ -216,7 +216,7 @@ def test_insert_update_delete_truncate(pg_db: PostgresDatabase, make_source: Any
     assert isinstance(t1.position, Lsn) and t1.commit_time is not None
     assert t1.commit_time.tzinfo is not None
     assert abs((datetime.now(UTC) - t1.commit_time).total_seconds()) < 60
-    assert not t1.heartbeat and t1.extra == {}
+    assert not t1.heartbeat and t1.extra == {"unchanged": False}
 
     sync_commit(pg_db, "UPDATE sales.orders SET amount = 13, customer = NULL WHERE id = 1;"
                        " UPDATE sales.orders SET id = 2 WHERE id = 1")
@@ -235,7 +235,7 @@ def test_insert_update_delete_truncate(pg_db: PostgresDatabase, make_source: Any
     sync_commit(pg_db, "INSERT INTO sales.orders (id) VALUES (5); TRUNCATE sales.orders")
     t4 = s.get()
     assert [(c.op, c.after and c.after["id"]) for c in t4.changes] == [("I", 5)]
-    assert t4.extra == {"truncate": ["sales.orders"]}
+    assert t4.extra == {"truncate": ["sales.orders"], "unchanged": False}
     s.close()
 
 
@@ -254,8 +254,11 @@ def test_toast_unchanged_and_replica_identity(pg_db: PostgresDatabase, make_sour
     ins = s.get()
     assert [c.after["body"] for c in ins.changes if c.after] == [big, big]
 
+    assert ins.extra["unchanged"] is False
     sync_commit(pg_db, "UPDATE doc SET n = 2; UPDATE audit SET n = 2")
-    doc, audit = s.get().changes
+    upd = s.get()
+    assert upd.extra["unchanged"] is True  # cdc.toast scans this transaction
+    doc, audit = upd.changes
     # DEFAULT identity: no old tuple; before is the key from the new image.
     assert doc.after == {"id": 1, "body": UNCHANGED, "n": 2}
     assert (doc.before, doc.partial_before) == ({"id": 1}, True)
@@ -576,5 +579,5 @@ def test_replication_origin_is_reported(pg_db: PostgresDatabase, make_source: An
         finally:
             c.execute("SELECT pg_replication_origin_drop(%s)", (name,))
     t1, t2 = s.get(), s.get()
-    assert t1.extra == {"origin": name} and t2.extra == {}
+    assert t1.extra == {"origin": name, "unchanged": False} and t2.extra == {"unchanged": False}
     s.close()
