@@ -24,9 +24,11 @@ No source locks are taken: each chunk is a plain short read.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
+import queue
 import sys
 import threading
 import time
@@ -41,7 +43,7 @@ from sqlglot.errors import ParseError, TokenError
 from cdc.batch import Batch
 from cdc.config import Config
 from cdc.deadletter import image_from_json, image_to_json
-from cdc.errors import CdcError, ConfigError, TerminalError
+from cdc.errors import CdcError, ConfigError, TerminalError, TransientError
 from cdc.events import RowChange, Transaction
 from cdc.plan import Plan, attach_converters, build_plan, parse_rules
 from cdc.positions import BinlogPosition, Position
@@ -89,7 +91,10 @@ class Chunk:
     """One keyset chunk as read: value rows, or COPY text the source rendered."""
 
     count: int
+    # The highest key the chunk covers; None when it runs to the table's end.
     last_key: tuple[Any, ...] | None
+    # No rows lie beyond this chunk (when it was read).
+    final: bool
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     text: bytes | None = None
 
@@ -99,12 +104,14 @@ class ChunkReader:
 
     With ``text=True`` and a type set that allows it (cdc.sources.copytext),
     the source server renders each row as a COPY text line for a PostgreSQL
-    target and Python only passes the bytes on.
+    target, and hands a whole chunk over as one value: Python only passes the
+    bytes on.  Such a chunk is the key range up to the ``chunk_rows``-th key
+    after the last one, found first by an index-only read.
     """
 
     def __init__(self, config: Config, table: str, columns: list[str],
                  pk: list[str], where: str | None, chunk_rows: int,
-                 line_sql: str | None = None) -> None:
+                 line_sql: str | None = None, costly_sql: str | None = None) -> None:
         self.config = config
         self.kind = config.source.kind
         d = sqlglot_dialect(self.kind)
@@ -118,25 +125,42 @@ class ChunkReader:
         after = f"({keys}) > ({marks})"
         upto = f"({keys}) <= ({marks})"
 
-        def select(what: str, *conds: str, lim: str = limit) -> str:
+        def select(what: str, *conds: str, lim: str = limit, by: str = order) -> str:
             where_sql = " AND ".join((cond, *conds))
-            return f"SELECT {what} FROM {tref} WHERE {where_sql} {order} {lim}"  # noqa: S608
+            return f"SELECT {what} FROM {tref} WHERE {where_sql} {by} {lim}"  # noqa: S608
 
-        self.sql = {
+        def bounded(what: str, a: bool, u: bool, by: str = order) -> str:
+            return select(what, *((after,) if a else ()), *((upto,) if u else ()), lim="",
+                          by=by)
+
+        self.sql: dict[Any, str] = {
             (False, False): select(cols),
             (False, True): select(cols, after),
-            # A re-read of exactly the key range a text chunk covered.
-            ("upto", False): select(cols, upto, lim=""),
-            ("upto", True): select(cols, after, upto, lim=""),
         }
+        # A re-read of exactly the key range a text chunk covered.
+        for a in (False, True):
+            for u in (False, True):
+                self.sql[("range", a, u)] = bounded(cols, a, u)
         self.line_sql = line_sql
         if line_sql is not None:
-            self.sql[(True, False)] = select(f"{line_sql}, {keys}")
-            self.sql[(True, True)] = select(f"{line_sql}, {keys}", after)
+            block = (copytext.mysql_block(line_sql, keys, costly_sql) if self.kind == "mysql"
+                     else copytext.postgres_block(line_sql, keys))
+            for a in (False, True):
+                # The chunk_rows-th key after the last one: where this chunk ends.
+                self.sql[("edge", a)] = select(
+                    keys, *((after,) if a else ()),
+                    lim=f"LIMIT 1 OFFSET {int(chunk_rows) - 1}")
+                for u in (False, True):
+                    self.sql[("block", a, u)] = bounded(block, a, u, by="")
+                    self.sql[("lines", a, u)] = bounded(line_sql, a, u)
         self.columns = columns
         self.pk_index = [columns.index(c) for c in pk]
         self.chunk_rows = chunk_rows
         self._conn: Any = None
+        # Chunks are read on one thread; a refused chunk's re-read comes from
+        # the thread that applied it.
+        self._lock = threading.Lock()
+        self._told_costly = False
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -144,6 +168,11 @@ class ChunkReader:
                 from cdc.sources.mysql import connect
 
                 self._conn = connect(self.config.source, timeout=self.config.connect_timeout)
+                with self._conn.cursor() as cur:
+                    # Whole chunks as one value (copytext.mysql_block); the
+                    # server still cuts at max_allowed_packet, which
+                    # copytext.whole notices.
+                    cur.execute("SET SESSION group_concat_max_len = 4294967295")
             else:
                 import psycopg
 
@@ -156,32 +185,69 @@ class ChunkReader:
         return self._conn
 
     def _fetch(self, query: str, params: list[Any] | None) -> list[tuple[Any, ...]]:
-        conn = self._connection()
+        with self._lock:
+            conn = self._connection()
+            if self.kind == "mysql":
+                with conn.cursor() as cur:
+                    cur.execute(query, params or None)
+                    return list(cur.fetchall())
+            return conn.execute(query.encode(), params or None).fetchall()
+
+    def _fetch_block(self, query: str, params: list[Any]) -> tuple[bytes | None, int, int]:
+        """(text, rows, costly rows left out of the text)"""
         if self.kind == "mysql":
-            with conn.cursor() as cur:
-                cur.execute(query, params)
-                return list(cur.fetchall())
-        return conn.execute(query.encode(), params).fetchall()
+            data, count, costly = self._fetch(query, params)[0]
+            return data, int(count), int(costly)
+        import psycopg
+
+        try:
+            data, count, costly = self._fetch(query, params)[0]
+        except psycopg.errors.ProgramLimitExceeded:
+            return None, -1, 0  # over 1 GB of text in one chunk: read it line by line
+        return (bytes(data) if data is not None else None), int(count), int(costly)
 
     def read(self, last_key: tuple[Any, ...] | None, *, text: bool = False) -> Chunk:
-        params = list(last_key) if last_key is not None else None
         if text and self.line_sql is not None:
-            rows = self._fetch(self.sql[(True, last_key is not None)], params)
-            if not rows:
-                return Chunk(0, None, text=b"")
-            # Staging bookkeeping columns: odd sequence numbers (new images),
-            # kind N, not partial -- as cdc.batch.stage_rows lays them out.
-            lines = [f"{r[0]}\t{seq}\tN\tf\n"
-                     for r, seq in zip(rows, range(3, 2 * len(rows) + 3, 2), strict=True)]
-            return Chunk(len(rows), tuple(rows[-1][1:]), text="".join(lines).encode())
+            return self._read_text(last_key)
+        params = list(last_key) if last_key is not None else None
         rows = self._fetch(self.sql[(False, last_key is not None)], params)
-        return Chunk(len(rows), self.key_of(rows[-1]) if rows else None, rows=rows)
+        return Chunk(len(rows), self.key_of(rows[-1]) if rows else None,
+                     len(rows) < self.chunk_rows, rows=rows)
 
-    def read_range(self, last_key: tuple[Any, ...] | None, upto: tuple[Any, ...]) -> Chunk:
+    def _read_text(self, last_key: tuple[Any, ...] | None) -> Chunk:
+        a = last_key is not None
+        after = list(last_key or ())
+        edge = self._fetch(self.sql[("edge", a)], after)
+        upto = tuple(edge[0]) if edge else None
+        params = [*after, *(upto or ())]
+        data, count, costly = self._fetch_block(self.sql[("block", a, upto is not None)],
+                                                params)
+        if count == 0:
+            return Chunk(0, upto, upto is None, text=b"")
+        if costly:
+            # Long strings (copytext.LONG_STRING): this chunk travels as values.
+            if not self._told_costly:
+                self._told_costly = True
+                log.info("rows with strings over %d bytes are read value by value",
+                         copytext.LONG_STRING)
+            return self.read_range(last_key, upto)
+        if not copytext.whole(data, count):
+            # Too big for one value on this server: the same range, a row each.
+            rows = self._fetch(self.sql[("lines", a, upto is not None)], params)
+            log.info("a chunk of %d rows is larger than the source hands over in one value; "
+                     "read row by row", len(rows))
+            data, count = "\n".join(r[0] for r in rows).encode(), len(rows)
+            if count == 0:
+                return Chunk(0, upto, upto is None, text=b"")
+        assert data is not None
+        return Chunk(count, upto, upto is None, text=data + b"\n")
+
+    def read_range(self, last_key: tuple[Any, ...] | None,
+                   upto: tuple[Any, ...] | None) -> Chunk:
         """The value rows of exactly the key range (last_key, upto]."""
-        params = [*(last_key or ()), *upto]
-        rows = self._fetch(self.sql[("upto", last_key is not None)], params)
-        return Chunk(len(rows), upto, rows=rows)
+        params = [*(last_key or ()), *(upto or ())]
+        rows = self._fetch(self.sql[("range", last_key is not None, upto is not None)], params)
+        return Chunk(len(rows), upto, upto is None, rows=rows)
 
     def key_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(row[i] for i in self.pk_index)
@@ -230,6 +296,8 @@ class Snapshot:
         self.chunk_rows = chunk_rows or config.snapshot_chunk_rows
         self.progress = progress or (lambda p: None)
         self.stop = stop or threading.Event()
+        # The key of each table's last committed chunk in this run.
+        self._last_committed: dict[str, tuple[Any, ...]] = {}
 
     def run(self) -> list[TableProgress]:
         cfg = self.config
@@ -259,8 +327,16 @@ class Snapshot:
         results: list[TableProgress] = []
         todo = [j for j in jobs if not j[1].skipped]
         results.extend(j[1] for j in jobs if j[1].skipped)
-        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo) or 1))) as pool:
-            for res in pool.map(lambda j: self._copy_table(plan, *j), todo):
+        # `workers` target connections apply chunks at once: one table each
+        # when there are many tables, several chunks of one table when fewer.
+        tables_at_once = max(1, min(self.workers, len(todo) or 1))
+        depth = max(1, self.workers // tables_at_once)
+        if cfg.target.kind != "postgresql":
+            # Chunks keep their commit order through PostgreSQL advisory locks
+            # (snapshot_turn_*); a MySQL target applies one chunk at a time.
+            depth = 1
+        with ThreadPoolExecutor(max_workers=tables_at_once) as pool:
+            for res in pool.map(lambda j: self._copy_table(plan, j[0], j[1], j[2], depth), todo):
                 results.append(res)
         if not self.stop.is_set():
             target = open_target(cfg)
@@ -347,8 +423,8 @@ class Snapshot:
             return copytext.mysql_line(stage.source.columns, self.config.zero_dates)
         return copytext.postgres_line(stage.source.columns, stage.types)
 
-    def _open_chunk(self, target: Any, reader: ChunkReader,
-                    last: tuple[Any, ...] | None) -> _OpenChunk:
+    def _open_chunk(self, target: Any, reader: ChunkReader, last: tuple[Any, ...] | None,
+                    table: str = "", n: int | None = None) -> _OpenChunk:
         """Begin a chunk's target transaction, lock, then read from the source.
 
         Runs on the read-ahead thread while the previous chunk applies.  Its
@@ -361,79 +437,164 @@ class Snapshot:
             conn = stack.enter_context(target.transaction())
             target.snapshot_chunk_begin(conn)
             target.lock_offset_shared(conn)
+            if n is not None:
+                target.snapshot_turn_hold(conn, table, n)
             chunk = reader.read(last, text=reader.line_sql is not None)
         except BaseException:
             stack.close()
             raise
-        return _OpenChunk(target, conn, stack, last, chunk)
+        return _OpenChunk(target, conn, stack, last, chunk, n)
 
     def _copy_table(self, plan: Plan, table: str, prog: TableProgress,
-                    last: tuple[Any, ...] | None) -> TableProgress:
+                    last: tuple[Any, ...] | None, depth: int = 1) -> TableProgress:
         cfg = self.config
         stage = plan.stages[table]
         pk = list(stage.source.primary_key)
+        line = self._text_line(plan, table)
+        costly = copytext.mysql_costly(stage.source.columns) \
+            if line is not None and cfg.source.kind == "mysql" else None
         reader = ChunkReader(cfg, table, stage.columns, pk, self.where, self.chunk_rows,
-                             self._text_line(plan, table))
+                             line, costly)
         prog.path = "source text" if reader.line_sql is not None else "values"
-        # Two target connections: one applies chunk k while the other has
-        # begun chunk k+1 and is reading it from the source.
-        targets = [open_target(cfg), open_target(cfg)]
-        turn = 0
-        ahead: Future[_OpenChunk] | None = None
         try:
-            with ThreadPoolExecutor(max_workers=1,
-                                    thread_name_prefix=f"snapshot-read-{table}") as io:
-                ahead = io.submit(self._open_chunk, targets[turn], reader, last)
-                while True:
-                    current = ahead.result()
-                    ahead = None
-                    chunk = current.chunk
-                    more = chunk.count == self.chunk_rows and not self.stop.is_set()
-                    if more:
-                        turn ^= 1
-                        ahead = io.submit(self._open_chunk, targets[turn], reader,
-                                          chunk.last_key)
-                    try:
-                        self._apply_chunk(plan, table, reader, current)
-                    except BaseException:
-                        current.stack.__exit__(*sys.exc_info())
+            while True:
+                try:
+                    self._copy_chunks(plan, table, prog, reader, last, depth)
+                    return prog
+                except TransientError as e:
+                    # Chunks applied side by side can deadlock when rules map
+                    # rows of two chunks to one target row; the server picks a
+                    # victim.  Everything after the last commit was rolled
+                    # back: go on from there one chunk at a time.
+                    if depth == 1:
                         raise
-                    current.stack.close()  # commit
-                    if chunk.count:
-                        prog.rows_done += chunk.count
-                        prog.chunks_done += 1
-                    if chunk.count < self.chunk_rows:
-                        prog.finished = time.monotonic()
-                        self.progress(prog)
-                        break
-                    self.progress(prog)
-                    if ahead is None:  # stopped
-                        break
+                    log.info("%s: %s; continuing one chunk at a time", table, e)
+                    depth = 1
+                    last = self._last_committed.get(table, last)
         finally:
-            if ahead is not None:
-                # A chunk read ahead and never applied: roll it back.
-                with contextlib.suppress(BaseException):
-                    opened = ahead.result()
-                    opened.stack.__exit__(RuntimeError, RuntimeError("abandoned"), None)
             reader.close()
+
+    def _copy_chunks(self, plan: Plan, table: str, prog: TableProgress, reader: ChunkReader,
+                     last: tuple[Any, ...] | None, depth: int) -> None:
+        """Read chunks in key order on one thread, apply up to ``depth`` of
+        them at once on their own target connections, commit them in key order.
+
+        Every chunk is still read and applied inside its own transaction under
+        its own FOR SHARE lock (module docstring).  A chunk's progress row is
+        written inside its transaction, after chunk k-1's; a later chunk waits
+        on that row until the earlier one commits, and is rolled back if the
+        earlier one fails, so the recorded key never passes a hole.
+        """
+        cfg = self.config
+        # depth connections applying, one more reading ahead.
+        targets = [open_target(cfg) for _ in range(depth + 1)]
+        free: queue.Queue[Any] = queue.Queue()
+        for t in targets:
+            free.put(t)
+        opened: queue.Queue[_OpenChunk | BaseException | None] = queue.Queue()
+        quit_reading = threading.Event()
+
+        def read_loop(key: tuple[Any, ...] | None) -> None:
+            n = 0
+            try:
+                while not quit_reading.is_set():
+                    t = free.get()
+                    if t is None or quit_reading.is_set():
+                        break
+                    oc = self._open_chunk(t, reader, key, table, n if depth > 1 else None)
+                    n += 1
+                    opened.put(oc)
+                    if oc.chunk.final or self.stop.is_set():
+                        break
+                    key = oc.chunk.last_key
+            except BaseException as e:  # handed to the committing thread
+                opened.put(e)
+            opened.put(None)
+
+        pending: collections.deque[tuple[_OpenChunk, Future[None]]] = collections.deque()
+        reading = threading.Thread(target=read_loop, args=(last,),
+                                   name=f"snapshot-read-{table}", daemon=True)
+        appliers = ThreadPoolExecutor(max_workers=depth,
+                                      thread_name_prefix=f"snapshot-apply-{table}")
+        try:
+            reading.start()
+            more = True
+            while True:
+                while more and len(pending) < depth:
+                    item = opened.get()
+                    if item is None:
+                        more = False
+                    elif isinstance(item, BaseException):
+                        more = False
+                        raise item
+                    else:
+                        pending.append((item, appliers.submit(
+                            self._apply_chunk, plan, table, reader, item)))
+                if not pending:
+                    break
+                current, fut = pending.popleft()
+                try:
+                    fut.result()
+                except BaseException:
+                    current.stack.__exit__(*sys.exc_info())
+                    raise
+                current.stack.close()  # commit
+                free.put(current.target)
+                chunk = current.chunk
+                if chunk.count:
+                    prog.rows_done += chunk.count
+                    prog.chunks_done += 1
+                if chunk.last_key is not None:
+                    self._last_committed[table] = chunk.last_key
+                if chunk.final:
+                    prog.finished = time.monotonic()
+                self.progress(prog)
+        finally:
+            quit_reading.set()
+            free.put(None)
+            # Chunks read or applying and never committed: roll them back,
+            # each after its apply has finished with the connection.
+            for oc, f in pending:
+                with contextlib.suppress(BaseException):
+                    f.result()
+                with contextlib.suppress(BaseException):
+                    oc.stack.__exit__(RuntimeError, RuntimeError("abandoned"), None)
+            reading.join()
+            while not opened.empty():
+                item = opened.get()
+                if isinstance(item, _OpenChunk):
+                    with contextlib.suppress(BaseException):
+                        item.stack.__exit__(RuntimeError, RuntimeError("abandoned"), None)
+            appliers.shutdown(wait=True)
             for t in targets:
-                t.close()
-        return prog
+                with contextlib.suppress(BaseException):
+                    t.close()
 
     def _apply_chunk(self, plan: Plan, table: str, reader: ChunkReader,
                      current: _OpenChunk) -> None:
         target, conn, chunk = current.target, current.conn, current.chunk
         stage = plan.stages[table]
         if chunk.count == 0:
-            target.snapshot_finish(conn, table)
+            if chunk.final:
+                if current.n:
+                    target.snapshot_turn_wait(conn, table, current.n - 1)
+                target.snapshot_finish(conn, table)
             return
-        assert chunk.last_key is not None
         pk = list(stage.source.primary_key)
-        key_json = json.dumps(image_to_json(dict(zip(pk, chunk.last_key, strict=True))))
+        # A final text chunk runs to the table's end; its rows are counted but
+        # the table is done, so no key is needed to resume it.
+        key = chunk.last_key or current.last
+        key_json = json.dumps(image_to_json(dict(zip(pk, key, strict=True)))) \
+            if key is not None else None
+        def my_turn(c: Any) -> None:
+            if current.n:  # after the previous chunk's commit, in key order
+                target.snapshot_turn_wait(c, table, current.n - 1)
+
         if chunk.text is not None:
             if target.apply_copy_text(conn, stage, plan.by_table[table], chunk.text):
+                my_turn(conn)
                 target.snapshot_chunk(conn, table, key_json, chunk.count)
-                if chunk.count < self.chunk_rows:
+                if chunk.final:
                     target.snapshot_finish(conn, table)
                 return
             # A row the target refused: read the same key range as values and
@@ -447,8 +608,9 @@ class Snapshot:
         batch.add(Transaction(changes, BinlogPosition("", 0)))
 
         def record(c: Any) -> None:
+            my_turn(c)
             target.snapshot_chunk(c, table, key_json, chunk.count)
-            if current.chunk.count < self.chunk_rows:
+            if current.chunk.final:
                 target.snapshot_finish(c, table)
 
         target.apply(batch, {table: stage}, {table: plan.by_table[table]}, plan.converters,
@@ -462,6 +624,8 @@ class _OpenChunk:
     stack: contextlib.ExitStack
     last: tuple[Any, ...] | None  # the key the chunk was read after
     chunk: Chunk
+    # Its place among chunks applied side by side (None: one at a time).
+    n: int | None = None
 
 
 def snapshot(config: Config, **kw: Any) -> list[TableProgress]:

@@ -66,6 +66,20 @@ def _my_field(col: Column, zero_dates: str) -> str | None:
     return f"IFNULL({value}, {_MY_NULL})"
 
 
+# MariaDB's REPLACE moves the rest of the string at every match that makes it
+# longer: an escaped 40 KB text with 10,000 tabs costs 0.1 s, 160 KB 1.7 s.
+# Rows with a string this long are read as values instead (mysql_costly).
+LONG_STRING = 8192
+
+
+def mysql_costly(columns: Sequence[Column]) -> str | None:
+    """A MySQL condition true for rows whose COPY line would be slow to
+    render, or None when the table has no string column."""
+    conds = [f"LENGTH({ident(c.name, 'mysql')}) > {LONG_STRING}"
+             for c in columns if c.base_type in _MY_STRINGS]
+    return f"({' OR '.join(conds)})" if conds else None
+
+
 def mysql_line(columns: Sequence[Column], zero_dates: str = "null") -> str | None:
     """A MySQL expression giving the COPY text line for a row (without the
     bookkeeping columns), or None when some column's type needs the value path.
@@ -108,3 +122,41 @@ def postgres_line(columns: Sequence[Column], staging_types: Sequence[str]) -> st
         q = ident(col.name, "postgres")
         fields.append(f"coalesce({_pg_escape(f'{q}::text')}, '\\N')")
     return f"concat_ws(chr(9), {', '.join(fields)})"
+
+
+# --- whole chunks -----------------------------------------------------------
+#
+# Handing a chunk over as one value instead of one result row per source row
+# takes the client library's per-row work out of the way: pymysql spends about
+# 4 µs decoding each row, the server about 0.3 µs more concatenating them.
+# The lines hold no raw newline (COPY text escapes it), so the number of
+# newlines tells whether the value is whole; a server limit that truncated it
+# (group_concat_max_len, max_allowed_packet) is caught there and the caller
+# reads that range line by line instead.
+
+
+def mysql_block(line: str, order_by: str, costly: str | None) -> str:
+    """MySQL aggregates: the lines of the selected rows in ``order_by`` order,
+    joined by newlines, as bytes (utf8mb4, what every line is in); the row
+    count; how many rows were left out as costly (their chunk is then read as
+    values).
+
+    GROUP_CONCAT takes only a literal SEPARATOR; a raw newline inside it means
+    the same under every sql_mode (a backslash escape would not)."""
+    if costly is None:
+        return (f"CAST(GROUP_CONCAT({line} ORDER BY {order_by} SEPARATOR '\n') AS BINARY),"
+                " COUNT(*), 0")
+    return (f"CAST(GROUP_CONCAT(IF({costly}, NULL, {line}) ORDER BY {order_by}"
+            f" SEPARATOR '\n') AS BINARY), COUNT(*), IFNULL(SUM({costly}), 0)")
+
+
+def postgres_block(line: str, order_by: str) -> str:
+    """The PostgreSQL aggregates of the same shape, the text as UTF-8 bytea
+    (PostgreSQL's replace() is linear: no row is costly)."""
+    return (f"convert_to(string_agg({line}, chr(10) ORDER BY {order_by}), 'UTF8'),"
+            " count(*), 0")
+
+
+def whole(data: bytes | None, count: int) -> bool:
+    """Whether an aggregated chunk holds all ``count`` lines."""
+    return data is not None and data.count(b"\n") + 1 == count

@@ -689,7 +689,7 @@ class MySQLTarget:
             tx.execute("UPDATE cdc_status SET state = 'stopped', updated_at = UTC_TIMESTAMP(6)"
                        " WHERE pipeline = %s AND state = 'snapshotting'", (self.pipeline,))
 
-    def snapshot_chunk(self, tx: _Tx, table: str, last_key: str, rows: int) -> None:
+    def snapshot_chunk(self, tx: _Tx, table: str, last_key: str | None, rows: int) -> None:
         tx.execute("UPDATE cdc_snapshot_tables SET last_key = %s, rows_done = rows_done + %s,"
                    " chunks_done = chunks_done + 1 WHERE pipeline = %s AND table_name = %s",
                    (last_key, rows, self.pipeline, table))

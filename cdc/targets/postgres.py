@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import socket
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -396,14 +397,16 @@ class PostgresTarget:
 
     def apply_copy_text(self, conn: psycopg.Connection[Any], st: StageTable,
                         table_rules: list[CompiledRule], data: bytes) -> bool:
-        """Stage COPY text the source rendered (cdc.sources.copytext) and run
-        each rule's one-statement upsert for new images, under a savepoint.  False when a row failed for a data reason:
+        """Stage COPY text the source rendered (cdc.sources.copytext; the
+        source columns only, each line a new image) and run each rule's
+        one-statement upsert for new images, under a savepoint.  False when a
+        row failed for a data reason:
         everything is rolled back and the caller re-applies the rows as values,
         which isolates the bad ones into the dead-letter table."""
         try:
             self._prepare(conn, [st], table_rules)
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(self._copy_sql(st)) as cp:
+                with cur.copy(self._copy_sql(st, bookkeeping=False)) as cp:
                     cp.write(data)
                 for r in table_rules:
                     try:
@@ -449,11 +452,10 @@ class PostgresTarget:
             self._copy(cur, st, stage_rows(changes, st.columns, convs))
 
     @staticmethod
-    def _copy_sql(st: StageTable) -> sql.Composed:
-        cols = sql.SQL(", ").join(
-            [sql.Identifier(c) for c in st.columns]
-            + [sql.Identifier("_cdc_seq"), sql.Identifier("_cdc_kind"),
-               sql.Identifier("_cdc_partial")])
+    def _copy_sql(st: StageTable, *, bookkeeping: bool = True) -> sql.Composed:
+        names = [*st.columns, "_cdc_seq", "_cdc_kind", "_cdc_partial"] if bookkeeping \
+            else st.columns  # the staging table's defaults fill them in
+        cols = sql.SQL(", ").join([sql.Identifier(c) for c in names])
         return sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(st.name), cols)
 
     def _copy(self, cur: psycopg.Cursor[Any], st: StageTable, rows: list[tuple[Any, ...]]) -> None:
@@ -522,6 +524,21 @@ class PostgresTarget:
     def lock_offset_shared(self, conn: Any) -> None:
         conn.execute("SELECT 1 FROM cdc.offsets WHERE pipeline = %s FOR SHARE", (self.pipeline,))
 
+    @_guarded
+    def snapshot_turn_hold(self, conn: Any, table: str, n: int) -> None:
+        """Hold chunk ``n``'s turn until this transaction ends (see
+        snapshot_turn_wait).  A transaction-level advisory lock, so a crash or
+        rollback releases it and the server's deadlock detector sees it."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _turn_key(self.pipeline, table, n))
+
+    @_guarded
+    def snapshot_turn_wait(self, conn: Any, table: str, n: int) -> None:
+        """Wait until chunk ``n``'s transaction has ended.  Chunks applied side
+        by side record their progress in key order this way; if two of them
+        also wait on each other's rows (two chunks' rows mapped to one target
+        row), the server detects the deadlock instead of both waiting forever."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _turn_key(self.pipeline, table, n))
+
     def snapshot_chunk_begin(self, conn: Any) -> None:
         """A chunk's commit need not wait for its WAL flush: a crash loses at
         most chunks whose progress rows are lost with them, and the rerun
@@ -573,7 +590,8 @@ class PostgresTarget:
             conn.execute("UPDATE cdc.status SET state = 'stopped', updated_at = now()"
                          " WHERE pipeline = %s AND state = 'snapshotting'", (self.pipeline,))
 
-    def snapshot_chunk(self, conn: Any, table: str, last_key: str, rows: int) -> None:
+    def snapshot_chunk(self, conn: Any, table: str, last_key: str | None,
+                       rows: int) -> None:
         conn.execute("UPDATE cdc.snapshot_tables SET last_key = %s, rows_done = rows_done + %s,"
                      " chunks_done = chunks_done + 1 WHERE pipeline = %s AND table_name = %s",
                      (last_key, rows, self.pipeline, table))
@@ -630,6 +648,12 @@ class PostgresTarget:
                 self._conn.close()
             self._conn = None
             self._prepared.clear()
+
+
+def _turn_key(pipeline: str, table: str, n: int) -> tuple[int, int]:
+    """Two int4 advisory-lock keys for a snapshot chunk's turn."""
+    space = zlib.crc32(f"cdc snapshot {pipeline} {table}".encode()) - 2**31
+    return space, n % 2**31 - 2**30
 
 
 class _Positions:
