@@ -261,7 +261,9 @@ def run(config_path: str) -> None:
               help="Empty the rules' target tables first (a resync that also drops rows the "
                    "source no longer has).")
 @click.option("--force", is_flag=True, help="Start over instead of resuming; copy done tables.")
-@click.option("--workers", type=int, default=None, help="Tables copied in parallel.")
+@click.option("--workers", type=int, default=None,
+              help="Target connections applying chunks at once: tables in parallel, or "
+                   "several chunks of one table into PostgreSQL (default: snapshot.workers).")
 @click.option("--chunk-rows", type=int, default=None, help="Rows per chunk (one transaction).")
 def snapshot(config_path: str, tables: tuple[str, ...], where: str | None, truncate: bool,
              force: bool, workers: int | None, chunk_rows: int | None) -> None:
