@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def test_snapshot_while_writing_then_stream(tmp_path: Path, mysql_db: Any, pg_db
         stop.set()
         t.join()
     assert writes[0] > 10, "the writer must have run during the snapshot"
-    assert "items: 2" in out and "total:" in out
+    # About 20,000 rows: the writer's deletes and inserts move the count.
+    assert re.search(r"items: [0-9,]+ rows", out) and "total:" in out, out
     with PipelineThread(cfg) as p:
         p.wait_caught_up(timeout=120)
     equal(mysql_db, pg_db)
