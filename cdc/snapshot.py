@@ -438,7 +438,7 @@ class Snapshot:
             target.snapshot_chunk_begin(conn)
             target.lock_offset_shared(conn)
             if n is not None:
-                target.snapshot_turn_hold(conn, table, n)
+                target.snapshot_turn(conn, table, n)
             chunk = reader.read(last, text=reader.line_sql is not None)
         except BaseException:
             stack.close()
@@ -574,10 +574,14 @@ class Snapshot:
                      current: _OpenChunk) -> None:
         target, conn, chunk = current.target, current.conn, current.chunk
         stage = plan.stages[table]
+
+        def my_turn(c: Any) -> None:
+            if current.n:  # after the previous chunk's commit, in key order
+                target.snapshot_turn(c, table, current.n - 1)
+
         if chunk.count == 0:
             if chunk.final:
-                if current.n:
-                    target.snapshot_turn_wait(conn, table, current.n - 1)
+                my_turn(conn)
                 target.snapshot_finish(conn, table)
             return
         pk = list(stage.source.primary_key)
@@ -586,10 +590,6 @@ class Snapshot:
         key = chunk.last_key or current.last
         key_json = json.dumps(image_to_json(dict(zip(pk, key, strict=True)))) \
             if key is not None else None
-        def my_turn(c: Any) -> None:
-            if current.n:  # after the previous chunk's commit, in key order
-                target.snapshot_turn_wait(c, table, current.n - 1)
-
         if chunk.text is not None:
             if target.apply_copy_text(conn, stage, plan.by_table[table], chunk.text):
                 my_turn(conn)

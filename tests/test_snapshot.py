@@ -221,16 +221,16 @@ def test_a_deadlock_between_side_by_side_chunks_goes_on_one_at_a_time(
 
     cfg = setup(tmp_path, mysql_db, pg_db, "snapshot:\n  chunk_rows: 100\n  workers: 2\n")
     load_rows(mysql_db, 3000)
-    real_wait = PostgresTarget.snapshot_turn_wait
+    real_turn = PostgresTarget.snapshot_turn
     calls = [0]
 
     def wait_then_deadlock(self: PostgresTarget, conn: Any, table: str, n: int) -> None:
         calls[0] += 1
-        real_wait(self, conn, table, n)
-        if n == 6:  # chunk 7 was the victim, after chunks 0..6 committed or not
+        real_turn(self, conn, table, n)
+        if n == 6:  # chunk 6 opening, or chunk 7 about to record: a victim mid-copy
             raise TransientError("deadlock detected (injected)")
 
-    monkeypatch.setattr(PostgresTarget, "snapshot_turn_wait", wait_then_deadlock)
+    monkeypatch.setattr(PostgresTarget, "snapshot_turn", wait_then_deadlock)
     caplog.set_level("INFO", logger="cdc.snapshot")
     results = snapshot.snapshot(config.load(cfg))
     assert "continuing one chunk at a time" in caplog.text

@@ -525,18 +525,15 @@ class PostgresTarget:
         conn.execute("SELECT 1 FROM cdc.offsets WHERE pipeline = %s FOR SHARE", (self.pipeline,))
 
     @_guarded
-    def snapshot_turn_hold(self, conn: Any, table: str, n: int) -> None:
-        """Hold chunk ``n``'s turn until this transaction ends (see
-        snapshot_turn_wait).  A transaction-level advisory lock, so a crash or
-        rollback releases it and the server's deadlock detector sees it."""
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _turn_key(self.pipeline, table, n))
+    def snapshot_turn(self, conn: Any, table: str, n: int) -> None:
+        """Take chunk ``n``'s turn lock until this transaction ends.
 
-    @_guarded
-    def snapshot_turn_wait(self, conn: Any, table: str, n: int) -> None:
-        """Wait until chunk ``n``'s transaction has ended.  Chunks applied side
-        by side record their progress in key order this way; if two of them
-        also wait on each other's rows (two chunks' rows mapped to one target
-        row), the server detects the deadlock instead of both waiting forever."""
+        A chunk takes its own turn when it opens and its predecessor's before
+        it records progress, which waits until that one has committed or
+        rolled back: chunks applied side by side record their progress in key
+        order.  A transaction-level advisory lock, so a crash releases it, and
+        if two chunks also wait on each other's rows (rows of both mapped to
+        one target row) the server detects the deadlock."""
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _turn_key(self.pipeline, table, n))
 
     def snapshot_chunk_begin(self, conn: Any) -> None:
@@ -653,7 +650,7 @@ class PostgresTarget:
 def _turn_key(pipeline: str, table: str, n: int) -> tuple[int, int]:
     """Two int4 advisory-lock keys for a snapshot chunk's turn."""
     space = zlib.crc32(f"cdc snapshot {pipeline} {table}".encode()) - 2**31
-    return space, n % 2**31 - 2**30
+    return space, n % 2**31
 
 
 class _Positions:
