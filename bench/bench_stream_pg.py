@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg  # noqa: E402
 import pymysql  # noqa: E402
-from common import Timer, servers  # noqa: E402
+from common import Timer, cpu_report, cpu_snapshot, servers  # noqa: E402
 
 from cdc.config import load  # noqa: E402
 from cdc.pipeline import run  # noqa: E402
@@ -118,6 +118,7 @@ def main() -> None:
                           " status smallint, created timestamp(3), note text, seq bigint)"
                           " ON COMMIT DELETE ROWS")
                 c.commit()
+                cpu0 = cpu_snapshot()
                 with Timer() as t_raw:
                     for lo in range(0, len(staged), 20_000):
                         with c.cursor() as cur:
@@ -126,6 +127,7 @@ def main() -> None:
                                     cp.write_row((*r, seq))
                             cur.execute(RAW_PG)
                         c.commit()
+                raw_cpu = cpu_report(cpu0, cpu_snapshot())
                 c.execute("TRUNCATE crm_orders")
                 c.commit()
         else:
@@ -135,6 +137,7 @@ def main() -> None:
                 cur.execute("CREATE TEMPORARY TABLE stage (id int, customer_id int,"
                             " amount decimal(12,2), status smallint, created datetime(3),"
                             " note text, seq bigint)")
+                cpu0 = cpu_snapshot()
                 with Timer() as t_raw:
                     for lo in range(0, len(staged), 20_000):
                         cur.execute("DELETE FROM stage")
@@ -144,6 +147,7 @@ def main() -> None:
                                             part[j:j + 2000])
                         cur.execute(RAW_MY)
                         conn.commit()
+                raw_cpu = cpu_report(cpu0, cpu_snapshot())
                 cur.execute("DELETE FROM crm_orders")
                 conn.commit()
             conn.close()
@@ -153,6 +157,7 @@ def main() -> None:
         target = open_target(cfg)
         stop = threading.Event()
         th = threading.Thread(target=run, args=(cfg, stop), daemon=True)
+        cpu0 = cpu_snapshot()
         with Timer() as t_cdc:
             th.start()
             while True:
@@ -160,6 +165,7 @@ def main() -> None:
                 if off is not None and off[0].sort_key() >= end.sort_key():
                     break
                 time.sleep(0.05)
+        cdc_cpu = cpu_report(cpu0, cpu_snapshot())
         stop.set()
         th.join()
         target.close()
@@ -171,6 +177,8 @@ def main() -> None:
         print(f"raw staging->upsert:  {raw_rate:10,.0f} rows/s")
         print(f"cdc end to end:       {cdc_rate:10,.0f} rows/s")
         print(f"ratio cdc / raw:      {cdc_rate / raw_rate:10.2f}  (goal >= {goal})")
+        print(f"CPU, raw:  {raw_cpu}")
+        print(f"CPU, cdc:  {cdc_cpu}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cdc.events import UNCHANGED, RowChange, Transaction
+from cdc.events import UNCHANGED, RowChange, TextRows, Transaction
 from cdc.positions import Position
 
 Converter = Callable[[Any], Any]
@@ -26,7 +26,7 @@ class Batch:
 
     def add(self, tx: Transaction) -> None:
         self.transactions.append(tx)
-        self.rows += len(tx.changes)
+        self.rows += tx.size
 
     @property
     def position(self) -> Position:
@@ -47,8 +47,32 @@ class Batch:
     def changes_by_table(self) -> dict[str, list[RowChange]]:
         out: dict[str, list[RowChange]] = {}
         for tx in self.transactions:
-            for ch in tx.changes:
+            for ch in tx.materialize():
                 out.setdefault(ch.table, []).append(ch)
+        return out
+
+    def text_by_table(self) -> dict[str, list[TextRows]] | None:
+        """The batch's changes by table while every one is still COPY text
+        (cdc.events.TextRows), in source order; None as soon as one is not."""
+        out: dict[str, list[TextRows]] = {}
+        for tx in self.transactions:
+            if tx.changes:
+                return None
+            for t in tx.text or ():
+                out.setdefault(t.table, []).append(t)
+        return out
+
+    def counts_by_table(self) -> dict[tuple[str, str], int]:
+        """(table, op) -> changes, without turning COPY text into rows."""
+        out: dict[tuple[str, str], int] = {}
+        for tx in self.transactions:
+            for t in tx.text or ():
+                for op in "IUD":
+                    n = t.ops.count(op.encode())
+                    if n:
+                        out[(t.table, op)] = out.get((t.table, op), 0) + n
+            for ch in tx.changes:
+                out[(ch.table, ch.op)] = out.get((ch.table, ch.op), 0) + 1
         return out
 
     def __len__(self) -> int:

@@ -69,12 +69,8 @@ class Metrics:
 
     def batch(self, batch: Batch, seconds: float, staged: int) -> None:
         p = self.pipeline
-        for table, changes in batch.changes_by_table().items():
-            counts: dict[str, int] = {}
-            for ch in changes:
-                counts[ch.op] = counts.get(ch.op, 0) + 1
-            for op, n in counts.items():
-                self.rows.labels(p, table, {"I": "insert", "U": "update", "D": "delete"}[op]).inc(n)
+        for (table, op), n in batch.counts_by_table().items():
+            self.rows.labels(p, table, {"I": "insert", "U": "update", "D": "delete"}[op]).inc(n)
         self.transactions.labels(p).inc(batch.data_transactions)
         if batch.rows:
             self.batch_rows.labels(p).observe(batch.rows)

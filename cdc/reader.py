@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cdc.errors import ConnectionLost, TerminalError
-from cdc.events import RowChange, Transaction
+from cdc.events import RowChange, TextRows, Transaction
 
 log = logging.getLogger("cdc.reader")
 
@@ -117,11 +117,14 @@ def pack(tx: Transaction) -> tuple[Any, ...]:
             before = tuple(before.values()) if tuple(before) == names else dict(before)
         after = tuple(ch.after.values()) if ch.after is not None else None
         rows.append((ch.table, ch.op, before, after, ch.partial_before, own))
-    return (tx.position, tx.commit_time, tx.heartbeat, tx.extra, cols, rows)
+    text = [(t.table, t.names, t.key_index, t.ops, t.data) for t in tx.text] if tx.text else None
+    return (tx.position, tx.commit_time, tx.heartbeat, tx.extra, cols, rows, text)
 
 
 def unpack(packed: tuple[Any, ...]) -> Transaction:
-    position, commit_time, heartbeat, extra, cols, rows = packed
+    position, commit_time, heartbeat, extra, cols, rows, *more = packed
+    # A PostgreSQL source may add changes still in COPY text form.
+    text = [TextRows(*t) for t in more[0]] if more and more[0] else None
     changes = []
     for table, op, before, after, partial, own in rows:
         names = own or cols[table]
@@ -132,7 +135,7 @@ def unpack(packed: tuple[Any, ...]) -> Transaction:
             return dict(zip(names, v, strict=True))
 
         changes.append(RowChange(table, op, image(before), image(after), partial))
-    return Transaction(changes, position, commit_time, heartbeat, extra)
+    return Transaction(changes, position, commit_time, heartbeat, extra, text)
 
 
 def _forward_acks(source: Any, acked: Any, stop: Any) -> None:

@@ -38,7 +38,8 @@ def fill_unchanged(batch: Batch, plan: Plan, config: Config, source: Any) -> int
                for ch in tx.changes):
         return 0
     for tx in batch.transactions:
-        for ch in tx.changes:
+        # Earlier images of a row may still be COPY text (cdc.events.TextRows).
+        for ch in tx.materialize():
             stage = plan.stages.get(ch.table)
             if stage is None:
                 continue

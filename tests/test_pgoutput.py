@@ -436,3 +436,100 @@ def test_packed_changes_unpack_to_the_same_row_changes(name: str) -> None:
     got = unpack((Lsn(1), None, False, {}, cols, packed))
     assert isinstance(got, Transaction)
     assert repr(got.changes) == repr(expected)  # repr: Decimal('NaN') != itself
+
+
+# --- COPY text form (PostgreSQL -> PostgreSQL) ----------------------------------
+
+
+def _text_rows(dec: Decoder, payload: bytes) -> Any:
+    from cdc.events import TextRows
+
+    got = dec.copy_change(payload)
+    if got is None:
+        return None
+    info, op, data = got
+    return TextRows(info.table, info.names, info.key_index, bytes([op]), data)
+
+
+@pytest.mark.parametrize("name", ["types", "full", "toast"])
+def test_copy_text_reads_back_as_the_same_row_changes(name: str) -> None:
+    """Changes that travel as COPY text must read back exactly as the value
+    path decodes them; only a row with an unchanged TOAST value stays out."""
+    rows, _ = load(name)
+    values, text = Decoder(text_values=True), Decoder(text_values=True)
+    checked = kept_out = 0
+    for _, _, payload in rows:
+        msg = values.decode(payload)
+        t = _text_rows(text, payload)
+        if t is None:
+            text.decode(payload)
+            if isinstance(msg, Insert | Update | Delete):
+                assert type(msg.new if not isinstance(msg, Delete) else msg.old) is \
+                    pgoutput.TupleWithUnchanged
+                kept_out += 1
+            continue
+        assert isinstance(msg, Insert | Update | Delete)
+        expected = values.row_change(values.relation(msg.relation_oid), msg)
+        assert repr(t.changes()) == repr([expected])
+        assert t.lines == (2 if isinstance(msg, Update) else 1)
+        checked += 1
+    assert (checked, kept_out) == {"types": (5, 0), "full": (5, 0), "toast": (2, 1)}[name]
+
+
+def test_copy_text_escapes_what_copy_would_misread() -> None:
+    dec = Decoder(text_values=True)
+    dec.decode(_relation_bytes(5, [(1, "id", 23), (0, "a", 25), (0, "b", 25)]))
+    odd = [b"tab\there", b"line\nbreak\r", b"back\\slash", b"\\N", b"", None, "\u00e9\u4e2d".encode()]
+    for v in odd:
+        got = dec.copy_change(_insert_bytes(5, [b"1", v, b"plain"]))
+        assert got is not None
+        _, op, line = got
+        assert op == ord("I")
+        fields = line.rstrip(b"\n").split(b"\t")
+        assert len(fields) == 5 and fields[3:] == [b"N", b"f"], line
+        assert b"\n" not in line[:-1] and b"\r" not in line
+        t = _text_rows(dec, _insert_bytes(5, [b"1", v, b"plain"]))
+        after = t.changes()[0].after
+        assert after == {"id": "1", "a": None if v is None else v.decode(), "b": "plain"}
+    # A real NULL and the two characters \N are different lines.
+    null = dec.copy_change(_insert_bytes(5, [b"1", None, b"x"]))
+    text = dec.copy_change(_insert_bytes(5, [b"1", b"\\N", b"x"]))
+    assert null is not None and text is not None
+    assert null[2] == b"1\t\\N\tx\tN\tf\n" and text[2] == b"1\t\\\\N\tx\tN\tf\n"
+
+
+def test_copy_text_update_without_old_tuple_keeps_key_columns() -> None:
+    dec = Decoder(text_values=True)
+    dec.decode(_relation_bytes(5, [(1, "id", 23), (0, "a", 25)]))
+    upd = b"U" + _insert_bytes(5, [b"7", b"x\ty"])[1:]
+    got = dec.copy_change(upd)
+    assert got is not None
+    assert got[2] == b"7\t\\N\tO\tt\n7\tx\\ty\tN\tf\n"
+    # Binary values are not text: such a row takes the value path.
+    binary = _insert_bytes(5, [b"7", b"x"]).replace(b"t\0\0\0\x01x", b"b\0\0\0\x01x")
+    assert dec.copy_change(binary) is None
+    assert dec.copy_change(_relation_bytes(6, [(1, "id", 23)])) is None
+
+
+def test_text_transactions_materialize_in_source_order() -> None:
+    from cdc.batch import Batch
+    from cdc.events import RowChange, TextRows, Transaction
+
+    dec = Decoder(text_values=True)
+    dec.decode(_relation_bytes(5, [(1, "id", 23), (0, "a", 25)]))
+    got = dec.copy_change(_insert_bytes(5, [b"1", b"x"]))
+    assert got is not None
+    text = TextRows("t", ("id", "a"), (0,), b"I", got[2])
+    later = RowChange("t", "D", {"id": "1"}, None, True)
+    tx = Transaction([later], Lsn(1), text=[text])
+    pure = Transaction([], Lsn(2), text=[TextRows("t", ("id", "a"), (0,), b"I", got[2])])
+    b = Batch()
+    b.add(pure)
+    assert b.rows == 1 and b.text_by_table() == {"t": pure.text}
+    b.add(tx)
+    assert b.rows == 3
+    assert b.text_by_table() is None, "a batch with value changes is not all text"
+    assert b.counts_by_table() == {("t", "I"): 2, ("t", "D"): 1}
+    ops = [(c.op, c.after) for c in b.changes_by_table()["t"]]
+    assert ops == [("I", {"id": "1", "a": "x"}), ("I", {"id": "1", "a": "x"}), ("D", None)]
+    assert tx.text is None and tx.changes[-1] is later

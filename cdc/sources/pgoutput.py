@@ -25,7 +25,7 @@ from psycopg.adapt import AdaptersMap
 from psycopg.pq import Format
 
 from cdc.errors import SourceError
-from cdc.events import UNCHANGED, RowChange
+from cdc.events import COPY_NEW, COPY_NULL, COPY_OLD, COPY_OLD_PARTIAL, UNCHANGED, RowChange
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -257,6 +257,56 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
     return (TupleWithUnchanged(out) if unchanged else tuple(out)), pos
 
 
+def _copy_fields(buf: bytes, pos: int) -> tuple[list[bytes] | None, int, int]:
+    """Read a TupleData as COPY text fields: (fields, offset after, NULL count).
+
+    NULL becomes the very object ``COPY_NULL``, so escaping can tell it from a
+    value that reads ``\\N``.  Fields are None when a value is UNCHANGED or
+    binary: such a row takes the value path.
+    """
+    ncols = (buf[pos] << 8) | buf[pos + 1]
+    pos += 2
+    out: list[bytes] = []
+    append = out.append
+    from_bytes = int.from_bytes
+    nulls = 0
+    for _ in range(ncols):
+        kind = buf[pos]
+        if kind == 0x74:  # 't'
+            start = pos + 5
+            pos = start + from_bytes(buf[pos + 1:start], "big")
+            append(buf[start:pos])
+        elif kind == 0x6E:  # 'n'
+            append(COPY_NULL)
+            nulls += 1
+            pos += 1
+        elif kind == 0x75 or kind == 0x62:  # 'u' unchanged, 'b' binary
+            return None, pos, 0
+        else:
+            raise ProtocolError(f"pgoutput: unknown tuple column kind {kind!r} at offset {pos}")
+    if pos > len(buf):
+        raise ProtocolError("pgoutput: tuple data runs past the end of the message")
+    return out, pos, nulls
+
+
+def _escape(field: bytes) -> bytes:
+    if field is COPY_NULL:
+        return field
+    return (field.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n")
+            .replace(b"\r", b"\\r"))
+
+
+def _copy_line(fields: list[bytes], nulls: int) -> tuple[bytes, bool]:
+    """Fields joined into one COPY text line (without its end); True when no
+    field needed escaping.  The check runs on the joined line, in C: a clean
+    line has one tab fewer than fields and a backslash only in each NULL."""
+    line = b"\t".join(fields)
+    if (line.count(b"\t") == len(fields) - 1 and line.count(b"\\") == nulls
+            and b"\n" not in line and b"\r" not in line):
+        return line, True
+    return b"\t".join([_escape(f) for f in fields]), False
+
+
 def decode(data: bytes | bytearray | memoryview, *, in_stream: bool = False) -> PgoutputMessage:
     """Decode one pgoutput message (the payload of one XLogData frame).
 
@@ -380,6 +430,10 @@ class RelationInfo:
     loaders: tuple[Callable[[Any], Any], ...]
     # Loads a whole tuple in C when every value is present (no UNCHANGED).
     load_row: Callable[[Sequence[Any]], tuple[Any, ...]]
+    # True for each replica identity column.
+    key_mask: tuple[bool, ...] = ()
+    # COPY's old-image line ending: key-only unless every column is a key.
+    key_line_end: bytes = COPY_OLD_PARTIAL
 
 
 class Decoder:
@@ -543,6 +597,74 @@ class Decoder:
             return (info.table, "D", before, None, len(before) != len(info.names))
         raise TypeError(f"not a row change message: {msg!r}")
 
+    def copy_change(self, buf: bytes, pos: int = 0
+                    ) -> tuple[RelationInfo, int, bytes] | None:
+        """An Insert, Update or Delete message as staging lines of COPY text:
+        (relation, op byte, lines); the values stay the walsender's text.
+
+        Each line is the columns in the relation's order, then ``_cdc_kind``
+        and ``_cdc_partial`` (cdc.events.TextRows reads them back).  Old images
+        follow ``row_change``: the whole old row under REPLICA IDENTITY FULL,
+        else the key columns only (from the key tuple when the key changed,
+        from the new row when it did not).  None for anything else (other
+        messages, streamed transactions, UNCHANGED or binary values), which
+        then goes through ``decode``.
+        """
+        kind = buf[pos]
+        if self._in_stream or (kind != 0x49 and kind != 0x55 and kind != 0x44):
+            return None
+        try:
+            info = self.relation(_U32.unpack_from(buf, pos + 1)[0])
+            pos += 5
+            marker = buf[pos]
+            if kind == 0x49:  # 'I'
+                if marker != 0x4E:
+                    raise ProtocolError("pgoutput: Insert without a new tuple")
+                new, _, nulls = _copy_fields(buf, pos + 1)
+                if new is None:
+                    return None
+                self._check_width(info, len(new))
+                return info, kind, _copy_line(new, nulls)[0] + COPY_NEW
+            if kind == 0x44:  # 'D'
+                if marker != 0x4B and marker != 0x4F:
+                    raise ProtocolError("pgoutput: Delete without an old tuple")
+                old, _, nulls = _copy_fields(buf, pos + 1)
+                if old is None:
+                    return None
+                self._check_width(info, len(old))
+                end = COPY_OLD if marker == 0x4F else info.key_line_end
+                return info, kind, _copy_line(old, nulls)[0] + end
+            old_line = b""
+            if marker == 0x4B or marker == 0x4F:  # 'K' / 'O'
+                old, pos, nulls = _copy_fields(buf, pos + 1)
+                if old is None:
+                    return None
+                self._check_width(info, len(old))
+                old_line = _copy_line(old, nulls)[0] + (
+                    COPY_OLD if marker == 0x4F else info.key_line_end)
+                marker = buf[pos]
+            if marker != 0x4E:
+                raise ProtocolError("pgoutput: Update without a new tuple")
+            new, _, nulls = _copy_fields(buf, pos + 1)
+            if new is None:
+                return None
+            self._check_width(info, len(new))
+            line, clean = _copy_line(new, nulls)
+            if not old_line:
+                keys = [f if k else COPY_NULL for f, k in zip(new, info.key_mask, strict=True)]
+                old_line = (b"\t".join(keys) if clean else
+                            b"\t".join([_escape(f) for f in keys])) + info.key_line_end
+            return info, kind, old_line + line + COPY_NEW
+        except (struct.error, IndexError, ValueError) as e:
+            raise ProtocolError(f"pgoutput: malformed {chr(kind)!r} message: {e}") from None
+
+    @staticmethod
+    def _check_width(info: RelationInfo, n: int) -> None:
+        if n != len(info.names):
+            raise ProtocolError(
+                f"pgoutput: {info.table} row has {n} columns, its Relation message "
+                f"{len(info.names)}")
+
     def key_row(self, info: RelationInfo, values: TupleData) -> dict[str, Any]:
         """Only the replica identity columns of a tuple (a 'K' old tuple, or a new image)."""
         if len(values) != len(info.names):
@@ -572,6 +694,8 @@ class Decoder:
             key_index=key_index,
             loaders=loaders,
             load_row=row_tx.load_sequence,
+            key_mask=tuple(c.key for c in rel.columns),
+            key_line_end=COPY_OLD if len(key_index) == len(rel.columns) else COPY_OLD_PARTIAL,
         )
 
 

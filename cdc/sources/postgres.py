@@ -33,7 +33,7 @@ from psycopg.pq import DiagnosticField, ExecStatus
 from cdc import catalog
 from cdc.catalog import TableSchema, split_name
 from cdc.errors import CdcError, ConnectionLost, SourceError
-from cdc.events import Transaction
+from cdc.events import TextRows, Transaction
 from cdc.positions import Lsn
 from cdc.sources.pgoutput import (
     TEXT_ARRAY_OID,
@@ -46,6 +46,7 @@ from cdc.sources.pgoutput import (
     Origin,
     ProtocolError,
     Relation,
+    RelationInfo,
     StreamAbort,
     StreamCommit,
     StreamStart,
@@ -560,6 +561,12 @@ class PostgresSource:
 
         changes: list[Any] | None = None  # None: no transaction open
         packed_cols: dict[str, tuple[str, ...]] | None = None
+        # Text values: changes become COPY text lines at once (Decoder.copy_change),
+        # per relation shape, until one needs the value path (an UNCHANGED TOAST
+        # value); later changes of that transaction take it too, so each
+        # table's text lines still come before its value changes.
+        segs: dict[int, tuple[RelationInfo, bytearray, list[bytes]]] = {}
+        text_ok = False
         unchanged = False  # a TOAST value was left out ('u') in this transaction
         truncated: list[str] = []
         heartbeat_msg = False
@@ -624,7 +631,27 @@ class PostgresSource:
                     continue
                 if kind != 0x77:  # 'w' XLogData
                     continue
-                msg = decoder.decode(frame[25:])
+                if text_ok:
+                    buf = bytes(frame)
+                    got = decoder.copy_change(buf, 25)
+                    if got is not None:
+                        info, op, lines = got
+                        if info.table in tables:
+                            seg = segs.get(id(info))
+                            if seg is None:
+                                seg = segs[id(info)] = (info, bytearray(), [])
+                            seg[1].append(op)
+                            seg[2].append(lines)
+                        if (now - last_status >= self.status_interval
+                                or (self._acked_value() != sent_ack
+                                    and now - last_status >= _ACK_MIN_INTERVAL)):
+                            send_status(now)
+                        continue
+                    msg = decoder.decode(buf[25:])
+                    if isinstance(msg, Insert | Update | Delete):
+                        text_ok = False
+                else:
+                    msg = decoder.decode(frame[25:])
                 if isinstance(msg, Insert | Update | Delete):
                     info = decoder.relation(msg.relation_oid)
                     if changes is None:
@@ -645,9 +672,13 @@ class PostgresSource:
                     changes, truncated, heartbeat_msg, origin = [], [], False, None
                     packed_cols = {} if self.packed else None
                     unchanged = False
+                    segs, text_ok = {}, self.text_values
                 elif isinstance(msg, Commit):
                     last_pos = max(last_pos, msg.end_lsn)
-                    if changes or truncated:
+                    text = [(i.table, i.names, i.key_index, bytes(ops), b"".join(lines))
+                            for i, ops, lines in segs.values()] if segs else None
+                    segs, text_ok = {}, False
+                    if changes or truncated or text:
                         extra: dict[str, Any] = {"truncate": truncated} if truncated else {}
                         # Lets cdc.toast skip scanning every row of this transaction.
                         extra["unchanged"] = unchanged
@@ -657,10 +688,11 @@ class PostgresSource:
                         if packed_cols is not None:
                             # Already in cdc.reader.pack's form (decoder process).
                             yield (Lsn(msg.end_lsn), msg.commit_time, False,  # type: ignore[misc]
-                                   extra, packed_cols, changes or [])
+                                   extra, packed_cols, changes or [], text)
                         else:
                             yield Transaction(changes or [], Lsn(msg.end_lsn), msg.commit_time,
-                                              extra=extra)
+                                              extra=extra, text=None if text is None else
+                                              [TextRows(*t) for t in text])
                     elif heartbeat_msg or now - last_yield >= self.heartbeat_seconds:
                         last_yield = now
                         yield Transaction([], Lsn(msg.end_lsn), msg.commit_time,

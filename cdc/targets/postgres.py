@@ -22,9 +22,9 @@ from cdc.catalog import TableSchema
 from cdc.config import Config, DatabaseUrl
 from cdc.deadletter import DeadLetter, change_to_json, pg_is_row_error
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
-from cdc.events import RowChange
+from cdc.events import RowChange, TextRows
 from cdc.positions import Position, decode_position
-from cdc.rules.compile import CompiledRule, StageTable
+from cdc.rules.compile import KIND, PARTIAL, CompiledRule, StageTable
 from cdc.targets import isolate
 
 log = logging.getLogger("cdc.target.postgres")
@@ -329,12 +329,20 @@ class PostgresTarget:
                     # this row FOR SHARE while it reads and applies (cdc/snapshot.py).
                     conn.execute("SELECT 1 FROM cdc.offsets WHERE pipeline = %s FOR UPDATE",
                                  (self.pipeline,))
-                by_table = batch.changes_by_table()
+                # PostgreSQL -> PostgreSQL: rows that are still the walsender's
+                # COPY text go to staging as they are (cdc.events.TextRows).
+                text = batch.text_by_table() if not convs else None
+                by_table: dict[str, Any] = text if text is not None \
+                    else batch.changes_by_table()
                 active = [st for name, st in stages.items() if name in by_table]
                 self._prepare(conn, active,
                               [r for st in active for r in rules.get(st.source_name, [])])
                 for st in active:
                     table_rules = rules.get(st.source_name, [])
+                    if text is not None:
+                        staged += self._apply_text(conn, st, text[st.source_name], table_rules,
+                                                   positions, existing or {})
+                        continue
                     changes = by_table[st.source_name]
                     staged += self._apply_table(conn, st, changes, table_rules,
                                                 convs.get(st.source_name), positions,
@@ -363,18 +371,70 @@ class PostgresTarget:
         return isolate.apply_table(self, conn, st, changes, table_rules, convs, positions,
                                    existing)
 
+    def _apply_text(self, conn: psycopg.Connection[Any], st: StageTable, text: list[TextRows],
+                    table_rules: list[CompiledRule], positions: Any,
+                    existing: dict[int, int]) -> int:
+        """Stage changes still in COPY text form and run the rules, under a
+        savepoint: no Python object per value.  Anything this cannot do as one
+        COPY (a validation to check, a relation shape the staging table lacks,
+        a row that fails) goes back to values and the usual path, which sets
+        failing rows aside as dead letters."""
+        names = text[0].names
+        if (not any(r.validations for r in table_rules)
+                and all(t.names == names for t in text) and set(names) <= set(st.columns)):
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    self._clear_staging(cur, st, table_rules)
+                    # Lines end with _cdc_kind and _cdc_partial; _cdc_seq numbers
+                    # them in COPY order (an identity column): source order.
+                    copy = sql.SQL("COPY {} ({}) FROM STDIN (ENCODING 'UTF8')").format(
+                        sql.Identifier(st.name), sql.SQL(", ").join(
+                            [sql.Identifier(c) for c in (*names, KIND, PARTIAL)]))
+                    try:
+                        with cur.copy(copy) as cp:
+                            for t in text:
+                                cp.write(t.data)
+                    except psycopg.Error as e:
+                        if pg_is_row_error(e.sqlstate) and table_rules:
+                            raise isolate.RowFailure(table_rules[0], _pg_text(e)) from None
+                        raise
+                    self._run_rules(cur, table_rules)
+                return sum(t.lines for t in text)
+            except isolate.RowFailure:
+                pass
+        changes = [ch for t in text for ch in t.changes()]
+        return self._apply_table(conn, st, changes, table_rules, None, positions, existing)
+
     def _savepoint(self, conn: psycopg.Connection[Any]) -> Any:
         return conn.transaction()
+
+    @staticmethod
+    def _clear_staging(cur: psycopg.Cursor[Any], st: StageTable,
+                       table_rules: list[CompiledRule]) -> None:
+        # Empty unless an earlier half of a bisection left rows here (its
+        # savepoint was released); a DELETE of an empty temp table is cheap.
+        cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(st.name)))
+        for r in table_rules:
+            cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(r.result_name)))
+
+    @staticmethod
+    def _run_rules(cur: psycopg.Cursor[Any], table_rules: list[CompiledRule]) -> None:
+        for r in table_rules:
+            for stmt in r.statements():
+                try:
+                    cur.execute(stmt.encode())
+                except psycopg.Error as e:
+                    if isinstance(e, (psycopg.OperationalError, *_TRANSIENT)):
+                        raise
+                    if pg_is_row_error(e.sqlstate):
+                        raise isolate.RowFailure(r, _pg_text(e)) from None
+                    raise _rule_error(r, e) from None
 
     def _stage_and_run(self, conn: psycopg.Connection[Any], st: StageTable,
                        changes: list[RowChange], table_rules: list[CompiledRule],
                        convs: list[Converter | None] | None) -> int:
         with conn.cursor() as cur:
-            # Empty unless an earlier half of a bisection left rows here (its
-            # savepoint was released); a DELETE of an empty temp table is cheap.
-            cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(st.name)))
-            for r in table_rules:
-                cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(r.result_name)))
+            self._clear_staging(cur, st, table_rules)
             rows = stage_rows(changes, st.columns, convs)
             try:
                 self._copy(cur, st, rows)
@@ -383,16 +443,7 @@ class PostgresTarget:
                 if pg_is_row_error(e.sqlstate) and table_rules:
                     raise isolate.RowFailure(table_rules[0], _pg_text(e)) from None
                 raise
-            for r in table_rules:
-                for stmt in r.statements():
-                    try:
-                        cur.execute(stmt.encode())
-                    except psycopg.Error as e:
-                        if isinstance(e, (psycopg.OperationalError, *_TRANSIENT)):
-                            raise
-                        if pg_is_row_error(e.sqlstate):
-                            raise isolate.RowFailure(r, _pg_text(e)) from None
-                        raise _rule_error(r, e) from None
+            self._run_rules(cur, table_rules)
         return len(rows)
 
     def apply_copy_text(self, conn: psycopg.Connection[Any], st: StageTable,
@@ -663,7 +714,7 @@ class _Positions:
     def get(self, key: int) -> str | None:
         if self.map is None:
             self.map = {id(ch): tx.position.encode() for tx in self.batch.transactions
-                        for ch in tx.changes}
+                        for ch in tx.materialize()}
         return self.map.get(key)
 
 
