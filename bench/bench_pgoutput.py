@@ -10,6 +10,8 @@ then times, in this process:
 * decode: ``cdc.sources.pgoutput.decode`` alone (bytes -> message objects);
 * decode + values: what the streaming source does per message (Decoder, psycopg
   text loaders, before/after dicts);
+* COPY text: what it does instead for a PostgreSQL target (Decoder.copy_change:
+  staging lines straight from the tuple bytes, no Python value per column);
 * baseline: psycopg fetching the same number of rows with ``SELECT * FROM t``
   (text format), i.e. the cost of just receiving and converting them.
 
@@ -89,6 +91,18 @@ def decode_values(payloads: list[bytes]) -> int:
     return len(out)
 
 
+def copy_text(payloads: list[bytes]) -> int:
+    dec = Decoder(text_values=True)
+    lines: list[bytes] = []
+    for p in payloads:
+        got = dec.copy_change(p)
+        if got is None:
+            dec.decode(p)
+        else:
+            lines.append(got[2])
+    return len(lines)
+
+
 def baseline(url: str, rows: int) -> tuple[int, float]:
     with psycopg.connect(url, autocommit=True) as c:
         table_rows = int(c.execute("SELECT count(*) FROM t").fetchone()[0])  # type: ignore[index]
@@ -115,6 +129,8 @@ def run(url: str, rows: int, repeat: int) -> None:
     print(f"decode only:      {n} rows in {t_dec:.3f} s = {n / t_dec:,.0f} rows/s")
     n2, t_val = best_of(decode_values, payloads, repeat)
     print(f"decode + values:  {n2} rows in {t_val:.3f} s = {n2 / t_val:,.0f} rows/s")
+    n3, t_text = best_of(copy_text, payloads, repeat)
+    print(f"COPY text:        {n3} rows in {t_text:.3f} s = {n3 / t_text:,.0f} rows/s")
     best = float("inf")
     fetched = 0
     for _ in range(repeat):
@@ -125,6 +141,7 @@ def run(url: str, rows: int, repeat: int) -> None:
     per_row_dec = t_val / n2
     per_row_base = best / fetched
     print(f"ratio decode+values / baseline per row: {per_row_dec / per_row_base:.2f}")
+    print(f"ratio COPY text / baseline per row:     {t_text / n3 / per_row_base:.2f}")
 
 
 def main() -> None:

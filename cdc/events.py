@@ -74,11 +74,8 @@ class RowChange:
     partial_before: bool = False
 
 
-# COPY text's NULL, and the kind/partial columns closing each staging line.
+# COPY text's NULL.
 COPY_NULL = b"\\N"
-COPY_NEW = b"\tN\tf\n"
-COPY_OLD = b"\tO\tf\n"
-COPY_OLD_PARTIAL = b"\tO\tt\n"
 # The only escapes Decoder.copy_change writes (and COPY requires).
 _ESCAPED = re.compile(rb"\\(.)", re.DOTALL)
 _UNESCAPE = {b"\\": b"\\", b"t": b"\t", b"n": b"\n", b"r": b"\r"}

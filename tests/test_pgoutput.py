@@ -491,6 +491,10 @@ def test_copy_text_escapes_what_copy_would_misread() -> None:
         t = _text_rows(dec, _insert_bytes(5, [b"1", v, b"plain"]))
         after = t.changes()[0].after
         assert after == {"id": "1", "a": None if v is None else v.decode(), "b": "plain"}
+    # Escaping is the exception: a clean line is recognised as one.
+    assert pgoutput._copy_line([b"1", pgoutput.COPY_NULL, b"x y"], 1, b"N\tf\n") == (
+        b"1\t\\N\tx y\tN\tf\n", True)
+    assert pgoutput._copy_line([b"1", b"\\N", b"x"], 0, b"N\tf\n")[1] is False
     # A real NULL and the two characters \N are different lines.
     null = dec.copy_change(_insert_bytes(5, [b"1", None, b"x"]))
     text = dec.copy_change(_insert_bytes(5, [b"1", b"\\N", b"x"]))
@@ -505,6 +509,13 @@ def test_copy_text_update_without_old_tuple_keeps_key_columns() -> None:
     got = dec.copy_change(upd)
     assert got is not None
     assert got[2] == b"7\t\\N\tO\tt\n7\tx\\ty\tN\tf\n"
+    # A key of two columns, not leading; with and without escaping.
+    dec.decode(_relation_bytes(8, [(0, "x", 25), (1, "a", 23), (0, "y", 25), (1, "b", 25)]))
+    for k, escaped in ((b"k", b"k"), (b"k\\", b"k\\\\")):
+        got = dec.copy_change(b"U" + _insert_bytes(8, [b"%s", b"1", None, k])[1:])
+        assert got is not None
+        assert got[2] == (b"\\N\t1\t\\N\t" + escaped + b"\tO\tt\n"
+                          b"%s\t1\t\\N\t" + escaped + b"\tN\tf\n")
     # Binary values are not text: such a row takes the value path.
     binary = _insert_bytes(5, [b"7", b"x"]).replace(b"t\0\0\0\x01x", b"b\0\0\0\x01x")
     assert dec.copy_change(binary) is None

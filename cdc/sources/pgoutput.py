@@ -14,6 +14,7 @@ Reference: https://www.postgresql.org/docs/15/protocol-logicalrep-message-format
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from psycopg.adapt import AdaptersMap
 from psycopg.pq import Format
 
 from cdc.errors import SourceError
-from cdc.events import COPY_NEW, COPY_NULL, COPY_OLD, COPY_OLD_PARTIAL, UNCHANGED, RowChange
+from cdc.events import COPY_NULL, UNCHANGED, RowChange
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -268,13 +269,13 @@ def _copy_fields(buf: bytes, pos: int) -> tuple[list[bytes] | None, int, int]:
     pos += 2
     out: list[bytes] = []
     append = out.append
-    from_bytes = int.from_bytes
+    length = _I32.unpack_from
     nulls = 0
     for _ in range(ncols):
         kind = buf[pos]
         if kind == 0x74:  # 't'
             start = pos + 5
-            pos = start + from_bytes(buf[pos + 1:start], "big")
+            pos = start + length(buf, pos + 1)[0]
             append(buf[start:pos])
         elif kind == 0x6E:  # 'n'
             append(COPY_NULL)
@@ -289,6 +290,14 @@ def _copy_fields(buf: bytes, pos: int) -> tuple[list[bytes] | None, int, int]:
     return out, pos, nulls
 
 
+# The last fields of a staging line: _cdc_kind, _cdc_partial, and its end.
+_NEW_END = b"N\tf\n"
+_OLD_END = b"O\tf\n"
+_OLD_KEY_END = b"O\tt\n"
+# What COPY text must escape inside a value.
+_SPECIAL = b"\\\t\n\r"
+
+
 def _escape(field: bytes) -> bytes:
     if field is COPY_NULL:
         return field
@@ -296,15 +305,15 @@ def _escape(field: bytes) -> bytes:
             .replace(b"\r", b"\\r"))
 
 
-def _copy_line(fields: list[bytes], nulls: int) -> tuple[bytes, bool]:
-    """Fields joined into one COPY text line (without its end); True when no
-    field needed escaping.  The check runs on the joined line, in C: a clean
-    line has one tab fewer than fields and a backslash only in each NULL."""
-    line = b"\t".join(fields)
-    if (line.count(b"\t") == len(fields) - 1 and line.count(b"\\") == nulls
-            and b"\n" not in line and b"\r" not in line):
+def _copy_line(fields: list[bytes], nulls: int, end: bytes) -> tuple[bytes, bool]:
+    """One staging line: the fields, then ``end``; True when no field needed
+    escaping.  The check counts special bytes in the joined line, in C: a
+    clean line has only the tabs between fields, the tab and newline of
+    ``end`` and the backslash of each NULL."""
+    line = b"\t".join(fields) + b"\t" + end
+    if len(line) - len(line.translate(None, _SPECIAL)) == len(fields) + 2 + nulls:
         return line, True
-    return b"\t".join([_escape(f) for f in fields]), False
+    return b"\t".join([*[_escape(f) for f in fields], end]), False
 
 
 def decode(data: bytes | bytearray | memoryview, *, in_stream: bool = False) -> PgoutputMessage:
@@ -432,8 +441,12 @@ class RelationInfo:
     load_row: Callable[[Sequence[Any]], tuple[Any, ...]]
     # True for each replica identity column.
     key_mask: tuple[bool, ...] = ()
-    # COPY's old-image line ending: key-only unless every column is a key.
-    key_line_end: bytes = COPY_OLD_PARTIAL
+    # How a key-only old image's staging line ends: partial unless every
+    # column is a key (cdc.sources.pgoutput.copy_change).
+    key_line_end: bytes = b"O\tt\n"
+    # That whole line as a %-template over the key fields, and their getter.
+    key_template: bytes = b""
+    key_values: Callable[[Sequence[bytes]], Any] | None = None
 
 
 class Decoder:
@@ -609,61 +622,60 @@ class Decoder:
         from the new row when it did not).  None for anything else (other
         messages, streamed transactions, UNCHANGED or binary values), which
         then goes through ``decode``.
+
+        The hot path of a PostgreSQL-to-PostgreSQL pipeline: one call per row.
         """
         kind = buf[pos]
-        if self._in_stream or (kind != 0x49 and kind != 0x55 and kind != 0x44):
+        if (kind != 0x49 and kind != 0x55 and kind != 0x44) or self._in_stream:
             return None
         try:
-            info = self.relation(_U32.unpack_from(buf, pos + 1)[0])
-            pos += 5
-            marker = buf[pos]
+            info = self._relations.get(_U32.unpack_from(buf, pos + 1)[0])
+            if info is None:
+                return None  # decode() says what is wrong
+            ncols = len(info.names)
+            marker = buf[pos + 5]
             if kind == 0x49:  # 'I'
                 if marker != 0x4E:
-                    raise ProtocolError("pgoutput: Insert without a new tuple")
-                new, _, nulls = _copy_fields(buf, pos + 1)
-                if new is None:
                     return None
-                self._check_width(info, len(new))
-                return info, kind, _copy_line(new, nulls)[0] + COPY_NEW
+                new, _, nulls = _copy_fields(buf, pos + 6)
+                if new is None or len(new) != ncols:
+                    return None
+                return info, kind, _copy_line(new, nulls, _NEW_END)[0]
             if kind == 0x44:  # 'D'
-                if marker != 0x4B and marker != 0x4F:
-                    raise ProtocolError("pgoutput: Delete without an old tuple")
-                old, _, nulls = _copy_fields(buf, pos + 1)
-                if old is None:
+                old, _, nulls = _copy_fields(buf, pos + 6)
+                if old is None or len(old) != ncols:
                     return None
-                self._check_width(info, len(old))
-                end = COPY_OLD if marker == 0x4F else info.key_line_end
-                return info, kind, _copy_line(old, nulls)[0] + end
+                if marker == 0x4F:
+                    return info, kind, _copy_line(old, nulls, _OLD_END)[0]
+                if marker == 0x4B:
+                    return info, kind, _copy_line(old, nulls, info.key_line_end)[0]
+                return None
+            pos += 6
             old_line = b""
             if marker == 0x4B or marker == 0x4F:  # 'K' / 'O'
-                old, pos, nulls = _copy_fields(buf, pos + 1)
-                if old is None:
+                old, pos, nulls = _copy_fields(buf, pos)
+                if old is None or len(old) != ncols:
                     return None
-                self._check_width(info, len(old))
-                old_line = _copy_line(old, nulls)[0] + (
-                    COPY_OLD if marker == 0x4F else info.key_line_end)
+                old_line = _copy_line(old, nulls, _OLD_END if marker == 0x4F
+                                      else info.key_line_end)[0]
                 marker = buf[pos]
+                pos += 1
             if marker != 0x4E:
-                raise ProtocolError("pgoutput: Update without a new tuple")
-            new, _, nulls = _copy_fields(buf, pos + 1)
-            if new is None:
                 return None
-            self._check_width(info, len(new))
-            line, clean = _copy_line(new, nulls)
+            new, _, nulls = _copy_fields(buf, pos)
+            if new is None or len(new) != ncols:
+                return None
+            line, clean = _copy_line(new, nulls, _NEW_END)
             if not old_line:
-                keys = [f if k else COPY_NULL for f, k in zip(new, info.key_mask, strict=True)]
-                old_line = (b"\t".join(keys) if clean else
-                            b"\t".join([_escape(f) for f in keys])) + info.key_line_end
-            return info, kind, old_line + line + COPY_NEW
-        except (struct.error, IndexError, ValueError) as e:
-            raise ProtocolError(f"pgoutput: malformed {chr(kind)!r} message: {e}") from None
-
-    @staticmethod
-    def _check_width(info: RelationInfo, n: int) -> None:
-        if n != len(info.names):
-            raise ProtocolError(
-                f"pgoutput: {info.table} row has {n} columns, its Relation message "
-                f"{len(info.names)}")
+                if clean and info.key_values is not None:
+                    old_line = info.key_template % info.key_values(new)
+                else:
+                    keys = [f if k else COPY_NULL for f, k in zip(new, info.key_mask, strict=True)]
+                    old_line = b"\t".join([*(keys if clean else [_escape(f) for f in keys]),
+                                            info.key_line_end])
+            return info, kind, old_line + line
+        except (struct.error, IndexError):
+            return None  # malformed: decode() raises the ProtocolError
 
     def key_row(self, info: RelationInfo, values: TupleData) -> dict[str, Any]:
         """Only the replica identity columns of a tuple (a 'K' old tuple, or a new image)."""
@@ -686,6 +698,7 @@ class Decoder:
         row_tx = adapt.Transformer(self._adapters)
         row_tx.set_loader_types(oids, Format.TEXT)
         key_index = tuple(i for i, c in enumerate(rel.columns) if c.key)
+        key_end = _OLD_END if len(key_index) == len(rel.columns) else _OLD_KEY_END
         return RelationInfo(
             relation=rel,
             table=rel.qualified_name,
@@ -695,7 +708,10 @@ class Decoder:
             loaders=loaders,
             load_row=row_tx.load_sequence,
             key_mask=tuple(c.key for c in rel.columns),
-            key_line_end=COPY_OLD if len(key_index) == len(rel.columns) else COPY_OLD_PARTIAL,
+            key_line_end=key_end,
+            key_template=b"\t".join([*(b"%s" if c.key else COPY_NULL for c in rel.columns),
+                                      key_end]),
+            key_values=operator.itemgetter(*key_index) if key_index else None,
         )
 
 

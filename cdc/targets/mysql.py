@@ -543,9 +543,13 @@ class MySQLTarget:
             if _code(e) in MYSQL_ROW_ERRORS and table_rules:
                 raise isolate.RowFailure(table_rules[0], str(e.args[-1])) from None
             raise
+        # New images only (inserts): one statement per rule, as for a snapshot
+        # chunk; no result table to fill and read back, nothing to delete.
+        new_only = all(ch.op == "I" for ch in changes)
         for r in table_rules:
-            tx.execute(r.clear_result)
-            for stmt in r.statements():
+            if not new_only:
+                tx.execute(r.clear_result)
+            for stmt in [r.upsert_new_only] if new_only else r.statements():
                 try:
                     tx.execute(stmt)
                 except pymysql.err.MySQLError as e:
