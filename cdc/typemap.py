@@ -135,3 +135,15 @@ def _pg_to_mysql(col: Column) -> str:
     if col.type_oid >= 16384:
         return "longtext"
     return "longtext"
+
+
+# PostgreSQL types whose text (as the walsender writes it: DateStyle ISO) a
+# MySQL/MariaDB staging column of the type above reads as the very value the
+# converters would write.  Rows of tables made only of these travel from the
+# decoder to a MySQL target as text (cdc.events.TextRows); anything else
+# (bool's 't', bytea's hex, timestamptz's offset, intervals, json that the
+# value path re-serializes, floats) goes through Python values.  A value the
+# column rejects (numeric NaN, a BC date) fails the row either way and ends
+# as the same dead letter.
+PG_TEXT_FOR_MYSQL = frozenset({"int2", "int4", "int8", "oid", "text", "varchar", "bpchar",
+                               "date", "timestamp", "numeric", "uuid"})

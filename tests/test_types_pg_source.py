@@ -117,3 +117,66 @@ def test_infinity_into_mysql_is_a_dead_letter(tmp_path: Path, make_pg_db: Any,
         c = load(cfg)
         PostgresSource(c.source.libpq(), slot=c.slot, publication=c.publication,
                        tables=["f"]).teardown()
+
+
+def test_plain_types_into_mysql_as_text_match_the_values(
+        tmp_path: Path, make_pg_db: Any, make_mysql_db: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables made only of cdc.typemap.PG_TEXT_FOR_MYSQL types stream into MySQL
+    as the walsender's text; the snapshot reads the same rows as values.  Both
+    must leave identical target rows, and a value the column rejects must be
+    the same dead letter."""
+    from cdc.targets import mysql as mysql_target
+
+    as_text: list[bytes] = []
+    to_values = mysql_target.copy_to_values
+    monkeypatch.setattr(mysql_target, "copy_to_values",
+                        lambda data, seq: (as_text.append(data), to_values(data, seq))[1])
+    src, tgt = make_pg_db(), make_mysql_db()
+    src.execute("""CREATE TABLE plain (id integer PRIMARY KEY, s smallint, b bigint, o oid,
+      t text, vc varchar(20), ch char(5), dt date, ts timestamp(6), ts0 timestamp(0),
+      np numeric(14,4), n numeric, u uuid)""")
+    tgt.execute("""CREATE TABLE t_plain (id int PRIMARY KEY, s smallint, b bigint, o bigint,
+      t text, vc varchar(20), ch char(5), dt date, ts datetime(6), ts0 datetime,
+      np decimal(14,4), n varchar(1000), u char(36)) DEFAULT CHARSET=utf8mb4""")
+    cols = "s, b, o, t, vc, ch, dt, ts, ts0, np, n, u"
+    rule = (f"INSERT INTO t_plain (id, {cols}) SELECT p.id, "
+            + ", ".join(f"p.{c.strip()}" for c in cols.split(",")) + " FROM plain AS p")
+    rows = [
+        "-32768, 9223372036854775807, 4294967295, E'it''s \\\\ \"q\" \\t\\n', 'x''y', 'ab',"
+        " '2024-02-29', '2024-02-29 23:59:59.000001', '1999-12-31 23:59:59', -12.5,"
+        " 1234.500000000000000001, 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'",
+        "0, -1, 0, '中文 😀', '', '', '0001-01-01', '2000-01-01 00:00:00', '2000-01-01',"
+        " 0.0001, 'NaN', NULL",
+        "NULL, NULL, NULL, '\\N', NULL, NULL, NULL, NULL, NULL, NULL, -0.000, NULL",
+    ]
+    cfg = write_pipeline(tmp_path, src.url, tgt.url, {"plain": rule}, name=f"pl_{src.name}",
+                         extra="dead_letters:\n  retry_seconds: 3600\n")
+    for i, r in enumerate(rows, start=1):
+        src.execute(f"INSERT INTO plain (id, {cols}) VALUES ({i}, {r})")
+    try:
+        cdc("setup", "-c", str(cfg))
+        cdc("snapshot", "-c", str(cfg))
+        with PipelineThread(cfg) as p:
+            with src.connect() as c, c.transaction():
+                for i, r in enumerate(rows, start=101):
+                    c.execute(f"INSERT INTO plain (id, {cols}) VALUES ({i}, {r})")
+                # np holds at most 10 integer digits: MySQL rejects NaN and this alike.
+                c.execute("UPDATE plain SET np = 'NaN' WHERE id = 102")
+            p.wait_caught_up()
+            time.sleep(0.5)
+            p.wait_caught_up()
+        got = tgt.query("SELECT * FROM t_plain ORDER BY id")
+        assert [r[0] for r in got] == [1, 2, 3, 101, 102, 103]
+        assert [r[1:] for r in got[:3]] == [r[1:] for r in got[3:]], \
+            "snapshot (values) and stream (text) must agree"
+        assert got[0][4] == "it's \\ \"q\" \t\n" and got[2][4] == "\\N" and got[2][11] == "0.000"
+        letters = tgt.query("SELECT error FROM cdc_dead_letters")
+        assert len(letters) == 1 and "np" in letters[0][0], letters
+        assert sum(d.count(b"\n") for d in as_text) >= 3, "the stream must have sent text"
+    finally:
+        from cdc.sources.postgres import PostgresSource
+
+        c = load(cfg)
+        PostgresSource(c.source.libpq(), slot=c.slot, publication=c.publication,
+                       tables=["plain"]).teardown()

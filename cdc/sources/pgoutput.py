@@ -447,6 +447,8 @@ class RelationInfo:
     # That whole line as a %-template over the key fields, and their getter.
     key_template: bytes = b""
     key_values: Callable[[Sequence[bytes]], Any] | None = None
+    # Every column's type may travel as COPY text (Decoder's copy_types).
+    copy_ok: bool = True
 
 
 class Decoder:
@@ -467,11 +469,14 @@ class Decoder:
     stopping the stream.
     """
 
-    def __init__(self, adapters: AdaptersMap | None = None, *, text_values: bool = False) -> None:
+    def __init__(self, adapters: AdaptersMap | None = None, *, text_values: bool = False,
+                 copy_types: frozenset[int] | None = None) -> None:
         self._adapters = adapters if adapters is not None else postgres.adapters
         # Keep every value as the server's text (see ``text_values`` in
         # cdc.sources.postgres): nothing to convert when the target parses it back.
         self._text_values = text_values
+        # Type OIDs whose rows ``copy_change`` may keep as text; None: all.
+        self._copy_types = copy_types
         self._relations: dict[int, RelationInfo] = {}
         self._types: dict[int, Type] = {}
         self._aliases: dict[int, int] = {}
@@ -630,8 +635,8 @@ class Decoder:
             return None
         try:
             info = self._relations.get(_U32.unpack_from(buf, pos + 1)[0])
-            if info is None:
-                return None  # decode() says what is wrong
+            if info is None or not info.copy_ok:
+                return None  # decode() says what is wrong, or takes the values
             ncols = len(info.names)
             marker = buf[pos + 5]
             if kind == 0x49:  # 'I'
@@ -712,6 +717,8 @@ class Decoder:
             key_template=b"\t".join([*(b"%s" if c.key else COPY_NULL for c in rel.columns),
                                       key_end]),
             key_values=operator.itemgetter(*key_index) if key_index else None,
+            copy_ok=self._copy_types is None or all(
+                c.type_oid in self._copy_types for c in rel.columns),
         )
 
 

@@ -96,7 +96,8 @@ class PostgresSource:
 
     def __init__(self, url: str, *, slot: str, publication: str, tables: Sequence[str],
                  heartbeat_seconds: float = 10.0, status_interval: float = 10.0,
-                 text_values: bool = False, packed: bool = False) -> None:
+                 text_values: bool = False, copy_types: frozenset[int] | None = None,
+                 packed: bool = False) -> None:
         if not _SLOT_NAME.match(slot):
             raise SourceError(f"invalid replication slot name {slot!r}",
                               fix="use lower case letters, digits and underscores (max 63)")
@@ -111,6 +112,11 @@ class PostgresSource:
         # the same type (staging columns have the source's types), so decoding
         # and re-encoding every value would only cost time.
         self.text_values = text_values
+        # Rows travel as COPY text (cdc.events.TextRows) when every column's
+        # type is in ``copy_types`` (a MySQL target: cdc.typemap.PG_TEXT_FOR_MYSQL),
+        # or always with text values (a PostgreSQL target).
+        self.copy_types = copy_types
+        self.copy_text = text_values or copy_types is not None
         # In the decoder process: yield transactions already packed for the
         # pipe (cdc.reader.pack), skipping per-row dicts and RowChange objects.
         self.packed = packed
@@ -449,7 +455,8 @@ class PostgresSource:
                                  publication=self.publication, tables=self.tables,
                                  heartbeat_seconds=self.heartbeat_seconds,
                                  status_interval=self.status_interval,
-                                 text_values=self.text_values, packed=True)
+                                 text_values=self.text_values, copy_types=self.copy_types,
+                                 packed=True)
 
     def ack(self, position: Lsn) -> None:
         """Record that the target committed everything up to ``position`` (any thread).
@@ -554,7 +561,8 @@ class PostgresSource:
         self._start(repl, start)
         log.info("streaming slot %s from %s", self.slot, resume)
         pgconn = repl.pgconn
-        decoder = Decoder(text_values=self.text_values)
+        decoder = Decoder(text_values=self.text_values,
+                          copy_types=None if self.text_values else self.copy_types)
         tables = set(self.tables)
         sel = selectors.DefaultSelector()
         sel.register(pgconn.socket, selectors.EVENT_READ)
@@ -672,7 +680,7 @@ class PostgresSource:
                     changes, truncated, heartbeat_msg, origin = [], [], False, None
                     packed_cols = {} if self.packed else None
                     unchanged = False
-                    segs, text_ok = {}, self.text_values
+                    segs, text_ok = {}, self.copy_text
                 elif isinstance(msg, Commit):
                     last_pos = max(last_pos, msg.end_lsn)
                     text = [(i.table, i.names, i.key_index, bytes(ops), b"".join(lines))

@@ -33,9 +33,9 @@ from cdc.catalog import TableSchema
 from cdc.config import Config
 from cdc.deadletter import MYSQL_ROW_ERRORS, DeadLetter, change_to_json
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
-from cdc.events import RowChange, is_zero_date_text
+from cdc.events import RowChange, TextRows, is_zero_date_text
 from cdc.positions import Position, decode_position
-from cdc.rules.compile import CompiledRule, StageTable, ident
+from cdc.rules.compile import KIND, PARTIAL, SEQ, CompiledRule, StageTable, ident
 from cdc.sources.mysql import classify as classify_connect
 from cdc.targets import isolate
 
@@ -48,6 +48,13 @@ SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_B
 
 def _code(e: BaseException) -> int:
     return e.args[0] if e.args and isinstance(e.args[0], int) else 0
+
+
+def _client_error(code: int) -> bool:
+    """The client library's own errors (CR_*: lost connection, server gone).
+    Server errors are below 2000 and, on MySQL 8 and MariaDB, from 3000 up:
+    MariaDB's failed CHECK constraint is 4025, a row's problem."""
+    return 2000 <= code < 3000
 
 
 def classify(e: BaseException, config: Config) -> Exception:
@@ -63,8 +70,9 @@ def classify(e: BaseException, config: Config) -> Exception:
     if code in (1142, 1143, 1227):
         return TerminalError(f"{where}: {msg}",
                              fix="run `cdc doctor --print-grants` for the GRANTs it needs")
-    if code in _TRANSIENT_CODES or isinstance(e, pymysql.err.OperationalError) and code >= 2000:
-        return ConnectionLost(f"{where}: {msg}") if code >= 2000 else TransientError(
+    if code in _TRANSIENT_CODES or isinstance(e, pymysql.err.OperationalError) and \
+            _client_error(code):
+        return ConnectionLost(f"{where}: {msg}") if _client_error(code) else TransientError(
             f"{where}: {msg}")
     return TargetError(f"{where}: {msg}")
 
@@ -212,9 +220,10 @@ class _Tx:
         finally:
             self.depth -= 1
 
-    def execute(self, query: str, params: Any = None) -> Any:
+    def execute(self, query: str | bytes, params: Any = None) -> Any:
         cur = self.conn.cursor()
-        cur.execute(query, params)
+        # pymysql sends bytes as they are (it encodes only str); its stubs say str.
+        cur.execute(query, params)  # type: ignore[arg-type]
         return cur
 
 
@@ -469,12 +478,20 @@ class MySQLTarget:
                 if record is None:
                     tx.execute("SELECT 1 FROM cdc_offsets WHERE pipeline = %s FOR UPDATE",
                                (self.pipeline,))
-                by_table = batch.changes_by_table()
+                # Rows the decoder kept as text (cdc.typemap.PG_TEXT_FOR_MYSQL).
+                text = batch.text_by_table()
+                by_table: dict[str, Any] = text if text is not None \
+                    else batch.changes_by_table()
                 active = [st for name, st in stages.items() if name in by_table]
                 self._prepare(tx, active, [r for st in active for r in rules.get(st.source_name, [])])
                 for st in active:
-                    staged += self._apply_table(tx, st, by_table[st.source_name],
-                                                rules.get(st.source_name, []),
+                    table_rules = rules.get(st.source_name, [])
+                    if text is not None:
+                        staged += self._apply_text(tx, st, text[st.source_name], table_rules,
+                                                   convs.get(st.source_name), positions,
+                                                   existing or {})
+                        continue
+                    staged += self._apply_table(tx, st, by_table[st.source_name], table_rules,
                                                 convs.get(st.source_name), positions,
                                                 existing or {})
                 if self.dead_letters:
@@ -543,9 +560,59 @@ class MySQLTarget:
             if _code(e) in MYSQL_ROW_ERRORS and table_rules:
                 raise isolate.RowFailure(table_rules[0], str(e.args[-1])) from None
             raise
-        # New images only (inserts): one statement per rule, as for a snapshot
-        # chunk; no result table to fill and read back, nothing to delete.
-        new_only = all(ch.op == "I" for ch in changes)
+        self._run_rules(tx, table_rules, new_only=all(ch.op == "I" for ch in changes))
+        return len(rows)
+
+    def _apply_text(self, tx: _Tx, st: StageTable, text: list[TextRows],
+                    table_rules: list[CompiledRule], convs: list[Converter | None] | None,
+                    positions: Any, existing: dict[int, int]) -> int:
+        """Stage rows the decoder kept as PostgreSQL COPY text and run the
+        rules, under a savepoint: COPY's escapes mean the same in a MySQL
+        string literal, so each line becomes a VALUES tuple with a few byte
+        replacements and no Python value per column.  Anything else (a
+        validation, a shape the staging table lacks, a failing row) goes back
+        to values and the usual path with its dead letters."""
+        names = text[0].names
+        if (not any(r.validations for r in table_rules)
+                and all(t.names == names for t in text) and set(names) <= set(st.columns)):
+            cols = ", ".join(ident(c, "mysql") for c in (*names, KIND, PARTIAL, SEQ))
+            head = f"INSERT INTO {st.quoted} ({cols}) VALUES ".encode()  # noqa: S608 - quoted
+            try:
+                with tx():
+                    tx.execute(st.truncate)
+                    seq, parts, size = 0, [], 0
+                    for t in text:
+                        values, seq = copy_to_values(t.data, seq)
+                        for v in values:
+                            parts.append(v)
+                            size += len(v)
+                            if size > _INSERT_BYTES:
+                                self._insert_values(tx, head, parts, table_rules)
+                                parts, size = [], 0
+                    if parts:
+                        self._insert_values(tx, head, parts, table_rules)
+                    self._run_rules(tx, table_rules, new_only=all(
+                        b"U" not in t.ops and b"D" not in t.ops for t in text))
+                return seq
+            except isolate.RowFailure:
+                pass
+        changes = [ch for t in text for ch in t.changes()]
+        return self._apply_table(tx, st, changes, table_rules, convs, positions, existing)
+
+    def _insert_values(self, tx: _Tx, head: bytes, parts: list[bytes],
+                       table_rules: list[CompiledRule]) -> None:
+        try:
+            tx.execute(head + b",".join(parts))
+        except pymysql.err.MySQLError as e:
+            if _code(e) in MYSQL_ROW_ERRORS and table_rules:
+                raise isolate.RowFailure(table_rules[0], str(e.args[-1])) from None
+            raise
+
+    @staticmethod
+    def _run_rules(tx: _Tx, table_rules: list[CompiledRule], *, new_only: bool) -> None:
+        """Each rule's statements over the staged rows.  New images only
+        (inserts): one statement per rule, as for a snapshot chunk; no result
+        table to fill and read back, nothing to delete."""
         for r in table_rules:
             if not new_only:
                 tx.execute(r.clear_result)
@@ -554,12 +621,11 @@ class MySQLTarget:
                     tx.execute(stmt)
                 except pymysql.err.MySQLError as e:
                     code = _code(e)
-                    if code in _TRANSIENT_CODES or code >= 2000:
+                    if code in _TRANSIENT_CODES or _client_error(code):
                         raise
                     if code in MYSQL_ROW_ERRORS:
                         raise isolate.RowFailure(r, str(e.args[-1])) from None
                     raise _rule_error(r, e) from None
-        return len(rows)
 
     def _validation_failures(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                              table_rules: list[CompiledRule],
@@ -731,6 +797,34 @@ def _literal(v: Any, literal: Callable[[Any], str]) -> str:
     if t is date:
         return "'" + v.isoformat() + "'"
     return literal(v)
+
+
+# A staging line's last fields (_cdc_kind, _cdc_partial) as VALUES tail.
+_TAILS = {b"N\tf": b"'N',0,%d)", b"O\tf": b"'O',0,%d)", b"O\tt": b"'O',1,%d)"}
+
+
+def copy_to_values(data: bytes, seq: int) -> tuple[list[bytes], int]:
+    """PostgreSQL COPY text staging lines (cdc.events.TextRows) as MySQL VALUES
+    tuples, numbered from ``seq + 1``; returns them and the last number.
+
+    COPY text escapes only backslash, tab, newline and carriage return, each as
+    a backslash sequence a MySQL string literal reads the same way; so a line
+    becomes a tuple by escaping quotes and turning tabs into ``','``.  A field
+    that is exactly ``\\N`` is NULL: after quoting it reads ``'\\N'``, which
+    no value can (a value's own backslash is doubled, and a quote in it is
+    preceded by a backslash).
+    """
+    out: list[bytes] = []
+    append = out.append
+    for line in data.split(b"\n")[:-1]:
+        seq += 1
+        body = line[:-4]
+        tup = b"('" + body.replace(b"'", b"\\'").replace(b"\t", b"','") + b"'," + \
+            _TAILS[line[-3:]] % seq
+        if b"\\N" in body:
+            tup = tup.replace(b"'\\N'", b"NULL")
+        append(tup)
+    return out, seq
 
 
 def _marks(n: int) -> str:
