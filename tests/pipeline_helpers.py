@@ -109,6 +109,17 @@ def wait_caught_up(config: Config, timeout: float = 60,
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = lag_report(config)
     goal = _pos(last.get("source_position"))
+    if config.source.kind == "postgresql" and goal is not None:
+        # The test server commits asynchronously: the source position (WAL
+        # written) can still be short of a commit just made; wait for the
+        # WAL inserted, which the walsender sends once it is flushed.
+        import psycopg
+
+        with psycopg.connect(config.source.libpq(), autocommit=True) as c:
+            row = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        inserted = _pos(row[0] if row else None)
+        if inserted is not None:
+            goal = max(goal, inserted)
     while time.monotonic() < deadline:
         err = failed()
         if err is not None:

@@ -586,6 +586,15 @@ class PostgresSource:
         sent_ack = -1
         probe_every = min(self.status_interval, max(self.heartbeat_seconds, _ACK_MIN_INTERVAL))
 
+        pending: tuple[int, Any] | None = None  # a frame read ahead, handled next
+
+        def read() -> tuple[int, Any]:
+            try:
+                return pgconn.get_copy_data(1)
+            except psycopg.OperationalError as e:
+                raise ConnectionLost(f"{self._where}: replication connection lost: "
+                                     f"{_first_line(str(e))}") from None
+
         def send_status(now: float) -> None:
             nonlocal last_status, sent_ack
             # Never more than the target has committed: the server may discard
@@ -601,11 +610,10 @@ class PostgresSource:
 
         try:
             while not stop.is_set():
-                try:
-                    n, frame = pgconn.get_copy_data(1)
-                except psycopg.OperationalError as e:
-                    raise ConnectionLost(f"{self._where}: replication connection lost: "
-                                         f"{_first_line(str(e))}") from None
+                if pending is not None:
+                    (n, frame), pending = pending, None
+                else:
+                    n, frame = read()
                 now = time.monotonic()
                 if n == 0:
                     idle_due = changes is None and now - last_yield >= self.heartbeat_seconds
@@ -643,17 +651,27 @@ class PostgresSource:
                     buf = bytes(frame)
                     got = decoder.copy_change(buf, 25)
                     if got is not None:
-                        info, op, lines = got
-                        if info.table in tables:
-                            seg = segs.get(id(info))
-                            if seg is None:
-                                seg = segs[id(info)] = (info, bytearray(), [])
-                            seg[1].append(op)
-                            seg[2].append(lines)
-                        if (now - last_status >= self.status_interval
-                                or (self._acked_value() != sent_ack
-                                    and now - last_status >= _ACK_MIN_INTERVAL)):
-                            send_status(now)
+                        # Under load row changes come in runs: take the whole run
+                        # here, without the loop's per-message checks (stop, clock,
+                        # status); they run again at the next other message, at
+                        # the latest the transaction's Commit, which goes back
+                        # through the loop as ``pending``.
+                        while True:
+                            info, op, lines = got
+                            if info.table in tables:
+                                seg = segs.get(id(info))
+                                if seg is None:
+                                    seg = segs[id(info)] = (info, bytearray(), [])
+                                seg[1].append(op)
+                                seg[2].append(lines)
+                            n, frame = read()
+                            if n > 0 and frame[0] == 0x77:
+                                buf = bytes(frame)
+                                got = decoder.copy_change(buf, 25)
+                                if got is not None:
+                                    continue
+                            pending = (n, frame)
+                            break
                         continue
                     msg = decoder.decode(buf[25:])
                     if isinstance(msg, Insert | Update | Delete):
