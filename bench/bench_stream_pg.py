@@ -6,11 +6,16 @@
 The baseline is the raw target-side work for the same row images, measured in
 the same run: rows loaded into a staging table and upserted with hand-written SQL
 (COPY on PostgreSQL, multi-row INSERT on MariaDB), no decoding at all.
+
+Source and target are separate servers, as in production: on one PostgreSQL
+server the source's walsender would also read all the WAL the target writes.
+Both still share this machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 import time
@@ -21,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg  # noqa: E402
 import pymysql  # noqa: E402
-from common import Timer, cpu_report, cpu_snapshot, servers  # noqa: E402
+from common import Timer, cpu_report, cpu_snapshot, second_postgres, servers  # noqa: E402
 
 from cdc.config import load  # noqa: E402
 from cdc.pipeline import run  # noqa: E402
@@ -66,14 +71,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--updates", type=int, default=100_000)
     args = ap.parse_args()
-    with servers() as (my, pg):
+    with servers() as (my, pg), contextlib.ExitStack() as stack:
         pg.create_database("erp")
         if args.target == "mysql":
             my.create_database("crm")
             target_url = my.url("crm")
         else:
-            pg.create_database("crm")
-            target_url = pg.url("crm")
+            tpg = stack.enter_context(second_postgres(pg))
+            tpg.create_database("crm")
+            target_url = tpg.url("crm")
         with psycopg.connect(pg.url("erp"), autocommit=True) as c:
             c.execute(SOURCE_DDL)
         work = Path(pg.basedir) / "pipeline"
@@ -88,7 +94,7 @@ def main() -> None:
             with conn.cursor() as cur:
                 cur.execute(TARGET_DDL["mysql"])
         else:
-            with psycopg.connect(pg.url("crm"), autocommit=True) as c:
+            with psycopg.connect(target_url, autocommit=True) as c:
                 c.execute(TARGET_DDL["postgresql"])
         import subprocess
 
@@ -117,7 +123,7 @@ def main() -> None:
 
         # Baseline: raw staging + upsert of the same images.
         if args.target == "postgresql":
-            with psycopg.connect(pg.url("crm")) as c:
+            with psycopg.connect(target_url) as c:
                 c.execute("CREATE TEMP TABLE stage (id int, customer_id int, amount numeric(12,2),"
                           " status smallint, created timestamp(3), note text, seq bigint)"
                           " ON COMMIT DELETE ROWS")
@@ -158,7 +164,7 @@ def main() -> None:
         raw_rate = changes / t_raw.seconds
 
         if args.target == "postgresql":
-            with psycopg.connect(pg.url("crm"), autocommit=True) as c:
+            with psycopg.connect(target_url, autocommit=True) as c:
                 c.execute("VACUUM ANALYZE crm_orders")
                 c.execute("CHECKPOINT")
         cfg = load(work / "p.yaml")

@@ -13,6 +13,18 @@ from cdc.devservers import MariaDBServer, PostgresServer
 
 
 @contextlib.contextmanager
+def second_postgres(first: PostgresServer) -> Iterator[PostgresServer]:
+    """Another PostgreSQL server beside ``first`` (a target apart from the source)."""
+    pg = PostgresServer(Path(first.basedir) / "second")
+    pg.basedir.mkdir(mode=0o755)
+    pg.start(die_with_parent=True)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@contextlib.contextmanager
 def servers() -> Iterator[tuple[MariaDBServer, PostgresServer]]:
     with tempfile.TemporaryDirectory(prefix="cdc-bench-") as d:
         base = Path(d)
