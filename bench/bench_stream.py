@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg  # noqa: E402
 import pymysql  # noqa: E402
-from common import Timer, servers  # noqa: E402
+from common import Timer, cpu_report, cpu_snapshot, servers  # noqa: E402
 from pymysqlreplication import BinLogStreamReader  # noqa: E402
 from pymysqlreplication.row_event import UpdateRowsEvent, WriteRowsEvent  # noqa: E402
 
@@ -142,6 +142,7 @@ def main() -> None:
         target.save_offset(start)
         stop = threading.Event()
         th = threading.Thread(target=run, args=(cfg, stop), daemon=True)
+        cpu0 = cpu_snapshot()
         with Timer() as t_cdc:
             th.start()
             while True:
@@ -149,6 +150,7 @@ def main() -> None:
                 if off is not None and off[0].sort_key() >= end.sort_key():
                     break
                 time.sleep(0.05)
+        cdc_cpu = cpu_report(cpu0, cpu_snapshot())
         stop.set()
         th.join()
         target.close()
@@ -162,6 +164,7 @@ def main() -> None:
         print(f"cdc end to end:                  {cdc_rate:10,.0f} rows/s")
         print(f"ratio cdc / decode-only:         {cdc_rate / decode_rate:10.2f}  (goal >= 0.8)")
         print(f"ratio cdc / raw apply:           {cdc_rate / raw_rate:10.2f}")
+        print(f"CPU, cdc:  {cdc_cpu}")
 
 
 if __name__ == "__main__":
