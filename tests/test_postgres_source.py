@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -521,13 +522,39 @@ def test_no_free_replication_slot(pg_db: PostgresDatabase, make_source: Any) -> 
                           " WHERE slot_name = %s", (name,))
 
 
-def test_wal_level_not_logical(make_source: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The test server must run wal_level=logical; the check itself reads one row.
-    src = make_source(["a"])
-    monkeypatch.setattr(src, "_query", lambda *a, **k: [("replica", 10, "u", True)])
-    with pytest.raises(SourceError) as e:
-        src.check_server()
-    assert e.value.fix == "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
+def test_wal_level_not_logical(tmp_path: Path, pg_db: PostgresDatabase) -> None:
+    """A source server without wal_level=logical (its own throwaway server):
+    `cdc setup` says so in one line, with the fix, and changes nothing."""
+    from pipeline_helpers import cdc, write_pipeline
+
+    from cdc.devservers import PostgresServer
+
+    class ReplicaOnly(PostgresServer):
+        def _settings(self) -> dict[str, str]:
+            return {**super()._settings(), "wal_level": "replica"}
+
+    base = tmp_path / "replica-only"
+    base.mkdir()
+    base.chmod(0o755)
+    server = ReplicaOnly(base)
+    server.start(die_with_parent=True)
+    try:
+        server.create_database("erp")
+        with server.connect("erp") as c:
+            c.execute("CREATE TABLE a (id int PRIMARY KEY)")
+        cfg = write_pipeline(tmp_path, server.url("erp"), pg_db.url,
+                             {"a": "INSERT INTO t_a (id) SELECT x.id FROM a AS x"})
+        pg_db.execute("CREATE TABLE t_a (id int PRIMARY KEY)")
+        p = cdc("setup", "-c", str(cfg), check=False)
+        assert p.returncode != 0
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, p.stderr
+        assert "wal_level=replica" in lines[0]
+        assert "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL" in lines[0]
+        with server.connect("erp") as c:
+            assert c.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+    finally:
+        server.stop()
 
 
 def test_connection_lost_while_streaming(pg_db: PostgresDatabase, make_source: Any,
