@@ -163,6 +163,13 @@ def test_rows_as_copy_text_escapes_mixes_and_dead_letters(
                 c.execute("INSERT INTO notes VALUES (31, E'ok\\\\', 1, NULL)")
                 c.execute("UPDATE notes SET id = 33, body = E'moved\\t' WHERE id = 3")
             p.wait_caught_up()
+            # A column the staging table does not have: those rows take the
+            # value path, which leaves the new column out.
+            src.execute("ALTER TABLE notes ADD COLUMN extra text")
+            src.execute("INSERT INTO notes VALUES (40, 'after alter', 4, NULL, 'x'),"
+                        " (41, E'tab\\there', 4, NULL, NULL)")
+            src.execute("UPDATE notes SET body = 'altered', extra = 'y' WHERE id = 4")
+            p.wait_caught_up()
         got = tgt.query("SELECT id, body, n, doc_len FROM t_notes ORDER BY id")
         want = src.query("SELECT id, body, n, length(doc) FROM notes WHERE id <> 30 ORDER BY id")
         assert got == want
