@@ -192,7 +192,15 @@ def check(config_path: str, show_sql: bool) -> None:
                     if c.delete:
                         click.echo(f"-- rule {c.name}: rows whose last image is a deletion\n"
                                    f"{c.delete};")
-                    click.echo(f"-- rule {c.name}: upsert\n{c.upsert};\n")
+                    click.echo(f"-- rule {c.name}: upsert\n{c.upsert};")
+                    click.echo(f"-- rule {c.name}: instead of the three above when the staged "
+                               f"rows are all new images (a batch of inserts, a snapshot "
+                               f"chunk)\n{c.upsert_new_only};")
+                    if c.insert_new_only:
+                        click.echo(f"-- rule {c.name}: a snapshot chunk while the target holds "
+                                   f"none of its rows yet (on a unique violation: the one "
+                                   f"above)\n{c.insert_new_only};")
+                    click.echo()
     finally:
         source.close()
         target.close()

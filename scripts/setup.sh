@@ -58,8 +58,10 @@ pyexe="$("$PYTHON" -c 'import sys; print(sys.executable)')"
 stamp="$stamp_dir/$(printf '%s|%s' "$ROOT" "$pyexe" | sha1sum | cut -c1-16)"
 want="$(sha1sum pyproject.toml | cut -c1-40)"
 installed_here() {
-    # cdc importable from this checkout, and the dev tools present
-    "$PYTHON" - "$ROOT" <<'PY' >/dev/null 2>&1
+    # cdc importable from this checkout, and the dev tools present.  Run from /:
+    # here the checkout itself is on sys.path and would hide an install that
+    # points at another clone (the `cdc` command would then fail elsewhere).
+    (cd / && "$PYTHON" - "$ROOT") <<'PY' >/dev/null 2>&1
 import importlib.util, os, sys
 spec = importlib.util.find_spec("cdc")
 assert spec and spec.origin and os.path.realpath(spec.origin).startswith(os.path.realpath(sys.argv[1]) + os.sep)

@@ -80,6 +80,12 @@ def test_check_show_sql(tmp_path: Path, mysql_db: Any, pg_db: Any) -> None:
     p = cdc("check", "-c", str(cfg), "--show-sql")
     assert "ok  items: items -> t_items (key: id)" in p.stdout
     assert 'ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name"' in p.stdout
+    # Every statement a rule may run is shown, the inserts-only forms included.
+    assert "-- rule items: instead of the three above when the staged rows are all new" \
+        in p.stdout
+    assert "-- rule items: a snapshot chunk while the target holds none of its rows yet" \
+        in p.stdout
+    assert p.stdout.count('INSERT INTO "t_items"') == 3, p.stdout
     nothing_written(pg_db)
 
 

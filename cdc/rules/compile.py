@@ -89,6 +89,13 @@ class CompiledRule:
     def statements(self) -> list[str]:
         return [s for s in (self.fill, self.delete, self.upsert) if s]
 
+    def all_statements(self) -> list[str]:
+        """Every statement the rule may run on the target: a batch's three, and
+        the one-statement forms for staging that holds new images only (a batch
+        of inserts, a snapshot chunk).  `cdc check` compiles each of them."""
+        return [*self.statements(),
+                *(s for s in (self.upsert_new_only, self.insert_new_only) if s)]
+
 
 def stage_table(source: TableSchema, source_name: str, index: int, source_kind: str,
                 target_kind: str) -> StageTable:

@@ -448,7 +448,7 @@ class MySQLTarget:
                     try:
                         tx.execute(r.create_result)
                         created.append(r.result_name)
-                        for stmt in r.statements():
+                        for stmt in r.all_statements():
                             tx.execute(stmt)
                         for _cond, query in r.validations:
                             tx.execute(query)

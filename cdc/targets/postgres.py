@@ -292,7 +292,7 @@ class PostgresTarget:
                 conn.execute("SAVEPOINT cdc_check")
                 try:
                     conn.execute(r.create_result.encode())
-                    for stmt in r.statements():
+                    for stmt in r.all_statements():
                         conn.execute(stmt.encode())
                 except psycopg.Error as e:
                     conn.execute("ROLLBACK TO SAVEPOINT cdc_check")
