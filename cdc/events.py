@@ -157,7 +157,9 @@ def _copy_value(field: bytes) -> str | None:
         return None
     if b"\\" in field:
         field = _ESCAPED.sub(lambda m: _UNESCAPE.get(m.group(1), m.group(1)), field)
-    return field.decode()
+    # As the value path's loaders do: a server with SQL_ASCII can send bytes
+    # that are not UTF-8; keep the row (and its dead letter) readable.
+    return field.decode("utf-8", "replace")
 
 
 @dataclass(slots=True)
