@@ -608,3 +608,38 @@ def test_replication_origin_is_reported(pg_db: PostgresDatabase, make_source: An
     t1, t2 = s.get(), s.get()
     assert t1.extra == {"origin": name, "unchanged": False} and t2.extra == {"unchanged": False}
     s.close()
+
+
+def test_copy_text_stream_in_runs_acks_and_stops(pg_db: PostgresDatabase, make_source: Any,
+                                                 streams: list[Streamer]) -> None:
+    """With text values (a PostgreSQL target) rows arrive as COPY text, read a
+    run at a time (PostgresSource._stream's inner loop): whole transactions in
+    order, acks reported only when given, and stop seen promptly even during
+    a long backlog."""
+    pg_db.execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+    src = make_source(["a"], text_values=True, status_interval=0.2)
+    src.setup()
+    before = src.slot_info()["confirmed_flush_lsn"]
+    s = start(streams, src)
+    sync_commit(pg_db, "INSERT INTO a SELECT g, 'v' || g FROM generate_series(1, 20000) g")
+    for i in range(5):
+        sync_commit(pg_db, "UPDATE a SET v = %s WHERE id = %s", (f"u{i}\t", i + 1))
+    txs = [s.get(timeout=30) for _ in range(6)]
+    assert all(t.text is not None and not t.changes for t in txs)
+    first = txs[0].materialize()
+    assert [c.after["id"] for c in first if c.after] == [str(i) for i in range(1, 20001)]
+    assert [(c.op, c.after) for t in txs[1:] for c in t.materialize()] == [
+        ("U", {"id": str(i + 1), "v": f"u{i}\t"}) for i in range(5)]
+    time.sleep(0.6)
+    assert src.slot_info()["confirmed_flush_lsn"] == before, "nothing acked, nothing reported"
+    src.ack(txs[-1].position)
+    assert wait_flushed(src, txs[-1].position) == txs[-1].position
+    # A backlog the stream is still reading when asked to stop.
+    sync_commit(pg_db, "INSERT INTO a SELECT g, 'w' FROM generate_series(20001, 120000) g")
+    s.get(timeout=30)
+    sync_commit(pg_db, "INSERT INTO a SELECT g, 'x' FROM generate_series(120001, 320000) g")
+    t0 = time.monotonic()
+    s.stop.set()
+    s.thread.join(10)
+    assert not s.thread.is_alive() and s.error is None
+    assert time.monotonic() - t0 < 5.0
