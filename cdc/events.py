@@ -114,6 +114,11 @@ class TextRows:
     def lines(self) -> int:
         return len(self.ops) + self.ops.count(b"U")
 
+    @property
+    def inserts_only(self) -> bool:
+        """Only new images: the rules can run their one-statement form."""
+        return b"U" not in self.ops and b"D" not in self.ops
+
     def __reduce__(self) -> Any:
         return (TextRows, (self.table, self.names, self.key_index, self.ops, self.data))
 

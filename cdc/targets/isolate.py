@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from cdc.batch import Converter
 from cdc.config import Config
 from cdc.deadletter import DeadLetter, one_line, zero_date_letters
-from cdc.events import RowChange
+from cdc.events import RowChange, TextRows
 from cdc.rules.compile import CompiledRule, StageTable
 
 
@@ -55,6 +55,28 @@ class Primitives(Protocol):
                              table_rules: list[CompiledRule],
                              convs: list[Converter | None] | None
                              ) -> dict[int, tuple[str, str]]: ...
+
+    def _stage_text_and_run(self, handle: Any, st: StageTable, text: list[TextRows],
+                            table_rules: list[CompiledRule]) -> int: ...
+
+
+def apply_text(t: Primitives, handle: Any, st: StageTable, text: list[TextRows],
+               table_rules: list[CompiledRule], convs: list[Converter | None] | None,
+               positions: Positions, existing: dict[int, int]) -> int:
+    """Apply changes still in COPY text form (cdc.events.TextRows): staged as
+    text, no Python value per column, under a savepoint.  When something needs
+    the rows one by one (a validation, a relation shape the staging table
+    lacks, a row that fails), they go back to values and ``apply_table``."""
+    names = text[0].names
+    if (not any(r.validations for r in table_rules)
+            and all(x.names == names for x in text) and set(names) <= set(st.columns)):
+        try:
+            with t._savepoint(handle):
+                return t._stage_text_and_run(handle, st, text, table_rules)
+        except RowFailure:
+            pass
+    return apply_table(t, handle, st, [ch for x in text for ch in x.changes()], table_rules,
+                       convs, positions, existing)
 
 
 def apply_table(t: Primitives, handle: Any, st: StageTable, changes: list[RowChange],

@@ -487,9 +487,9 @@ class MySQLTarget:
                 for st in active:
                     table_rules = rules.get(st.source_name, [])
                     if text is not None:
-                        staged += self._apply_text(tx, st, text[st.source_name], table_rules,
-                                                   convs.get(st.source_name), positions,
-                                                   existing or {})
+                        staged += isolate.apply_text(self, tx, st, text[st.source_name],
+                                                     table_rules, convs.get(st.source_name),
+                                                     positions, existing or {})
                         continue
                     staged += self._apply_table(tx, st, by_table[st.source_name], table_rules,
                                                 convs.get(st.source_name), positions,
@@ -536,18 +536,8 @@ class MySQLTarget:
         head = f"INSERT INTO {st.quoted} ({cols}) VALUES "  # noqa: S608 - quoted
         conn = self.conn()
         literal = conn.escape
-        cur = conn.cursor()
-        parts: list[str] = []
-        size = 0
-        for row in rows:
-            text = "(" + ",".join([_literal(v, literal) for v in row]) + ")"
-            parts.append(text)
-            size += len(text)
-            if size > _INSERT_BYTES:
-                cur.execute(head + ",".join(parts))
-                parts, size = [], 0
-        if parts:
-            cur.execute(head + ",".join(parts))
+        _insert_in_chunks(conn.cursor().execute, head, [
+            "(" + ",".join([_literal(v, literal) for v in row]) + ")" for row in rows])
 
     def _stage_and_run(self, tx: _Tx, st: StageTable, changes: list[RowChange],
                        table_rules: list[CompiledRule],
@@ -563,50 +553,26 @@ class MySQLTarget:
         self._run_rules(tx, table_rules, new_only=all(ch.op == "I" for ch in changes))
         return len(rows)
 
-    def _apply_text(self, tx: _Tx, st: StageTable, text: list[TextRows],
-                    table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                    positions: Any, existing: dict[int, int]) -> int:
-        """Stage rows the decoder kept as PostgreSQL COPY text and run the
-        rules, under a savepoint: COPY's escapes mean the same in a MySQL
-        string literal, so each line becomes a VALUES tuple with a few byte
-        replacements and no Python value per column.  Anything else (a
-        validation, a shape the staging table lacks, a failing row) goes back
-        to values and the usual path with its dead letters."""
-        names = text[0].names
-        if (not any(r.validations for r in table_rules)
-                and all(t.names == names for t in text) and set(names) <= set(st.columns)):
-            cols = ", ".join(ident(c, "mysql") for c in (*names, KIND, PARTIAL, SEQ))
-            head = f"INSERT INTO {st.quoted} ({cols}) VALUES ".encode()  # noqa: S608 - quoted
-            try:
-                with tx():
-                    tx.execute(st.truncate)
-                    seq, parts, size = 0, [], 0
-                    for t in text:
-                        values, seq = copy_to_values(t.data, seq)
-                        for v in values:
-                            parts.append(v)
-                            size += len(v)
-                            if size > _INSERT_BYTES:
-                                self._insert_values(tx, head, parts, table_rules)
-                                parts, size = [], 0
-                    if parts:
-                        self._insert_values(tx, head, parts, table_rules)
-                    self._run_rules(tx, table_rules, new_only=all(
-                        b"U" not in t.ops and b"D" not in t.ops for t in text))
-                return seq
-            except isolate.RowFailure:
-                pass
-        changes = [ch for t in text for ch in t.changes()]
-        return self._apply_table(tx, st, changes, table_rules, convs, positions, existing)
-
-    def _insert_values(self, tx: _Tx, head: bytes, parts: list[bytes],
-                       table_rules: list[CompiledRule]) -> None:
+    def _stage_text_and_run(self, tx: _Tx, st: StageTable, text: list[TextRows],
+                            table_rules: list[CompiledRule]) -> int:
+        """Stage COPY text lines as VALUES tuples (copy_to_values: no Python
+        value per column), then the rules (for isolate.apply_text)."""
+        cols = ", ".join(ident(c, "mysql") for c in (*text[0].names, KIND, PARTIAL, SEQ))
+        head = f"INSERT INTO {st.quoted} ({cols}) VALUES ".encode()  # noqa: S608 - quoted
+        tuples: list[bytes] = []
+        seq = 0
+        for t in text:
+            values, seq = copy_to_values(t.data, seq)
+            tuples += values
         try:
-            tx.execute(head + b",".join(parts))
+            tx.execute(st.truncate)
+            _insert_in_chunks(tx.execute, head, tuples)
         except pymysql.err.MySQLError as e:
             if _code(e) in MYSQL_ROW_ERRORS and table_rules:
                 raise isolate.RowFailure(table_rules[0], str(e.args[-1])) from None
             raise
+        self._run_rules(tx, table_rules, new_only=all(t.inserts_only for t in text))
+        return seq
 
     @staticmethod
     def _run_rules(tx: _Tx, table_rules: list[CompiledRule], *, new_only: bool) -> None:
@@ -797,6 +763,20 @@ def _literal(v: Any, literal: Callable[[Any], str]) -> str:
     if t is date:
         return "'" + v.isoformat() + "'"
     return literal(v)
+
+
+def _insert_in_chunks(execute: Callable[[Any], Any], head: Any, tuples: list[Any]) -> None:
+    """``head`` + the VALUES tuples as multi-row INSERTs of about _INSERT_BYTES
+    each (str or bytes throughout)."""
+    sep = "," if isinstance(head, str) else b","
+    start, size = 0, 0
+    for i, v in enumerate(tuples):
+        size += len(v)
+        if size > _INSERT_BYTES:
+            execute(head + sep.join(tuples[start:i + 1]))
+            start, size = i + 1, 0
+    if start < len(tuples):
+        execute(head + sep.join(tuples[start:]))
 
 
 # A staging line's last fields (_cdc_kind, _cdc_partial) as VALUES tail.

@@ -340,8 +340,9 @@ class PostgresTarget:
                 for st in active:
                     table_rules = rules.get(st.source_name, [])
                     if text is not None:
-                        staged += self._apply_text(conn, st, text[st.source_name], table_rules,
-                                                   positions, existing or {})
+                        staged += isolate.apply_text(self, conn, st, text[st.source_name],
+                                                     table_rules, None, positions,
+                                                     existing or {})
                         continue
                     changes = by_table[st.source_name]
                     staged += self._apply_table(conn, st, changes, table_rules,
@@ -371,40 +372,26 @@ class PostgresTarget:
         return isolate.apply_table(self, conn, st, changes, table_rules, convs, positions,
                                    existing)
 
-    def _apply_text(self, conn: psycopg.Connection[Any], st: StageTable, text: list[TextRows],
-                    table_rules: list[CompiledRule], positions: Any,
-                    existing: dict[int, int]) -> int:
-        """Stage changes still in COPY text form and run the rules, under a
-        savepoint: no Python object per value.  Anything this cannot do as one
-        COPY (a validation to check, a relation shape the staging table lacks,
-        a row that fails) goes back to values and the usual path, which sets
-        failing rows aside as dead letters."""
-        names = text[0].names
-        if (not any(r.validations for r in table_rules)
-                and all(t.names == names for t in text) and set(names) <= set(st.columns)):
+    def _stage_text_and_run(self, conn: psycopg.Connection[Any], st: StageTable,
+                            text: list[TextRows], table_rules: list[CompiledRule]) -> int:
+        """COPY text lines into staging as they are, then the rules (for
+        isolate.apply_text).  Lines end with _cdc_kind and _cdc_partial;
+        _cdc_seq numbers them in COPY order (an identity column): source order."""
+        copy = sql.SQL("COPY {} ({}) FROM STDIN (ENCODING 'UTF8')").format(
+            sql.Identifier(st.name),
+            sql.SQL(", ").join([sql.Identifier(c) for c in (*text[0].names, KIND, PARTIAL)]))
+        with conn.cursor() as cur:
+            self._clear_staging(cur, st, table_rules)
             try:
-                with conn.transaction(), conn.cursor() as cur:
-                    self._clear_staging(cur, st, table_rules)
-                    # Lines end with _cdc_kind and _cdc_partial; _cdc_seq numbers
-                    # them in COPY order (an identity column): source order.
-                    copy = sql.SQL("COPY {} ({}) FROM STDIN (ENCODING 'UTF8')").format(
-                        sql.Identifier(st.name), sql.SQL(", ").join(
-                            [sql.Identifier(c) for c in (*names, KIND, PARTIAL)]))
-                    try:
-                        with cur.copy(copy) as cp:
-                            for t in text:
-                                cp.write(t.data)
-                    except psycopg.Error as e:
-                        if pg_is_row_error(e.sqlstate) and table_rules:
-                            raise isolate.RowFailure(table_rules[0], _pg_text(e)) from None
-                        raise
-                    self._run_rules(cur, table_rules, new_only=all(
-                        b"U" not in t.ops and b"D" not in t.ops for t in text))
-                return sum(t.lines for t in text)
-            except isolate.RowFailure:
-                pass
-        changes = [ch for t in text for ch in t.changes()]
-        return self._apply_table(conn, st, changes, table_rules, None, positions, existing)
+                with cur.copy(copy) as cp:
+                    for t in text:
+                        cp.write(t.data)
+            except psycopg.Error as e:
+                if pg_is_row_error(e.sqlstate) and table_rules:
+                    raise isolate.RowFailure(table_rules[0], _pg_text(e)) from None
+                raise
+            self._run_rules(cur, table_rules, new_only=all(t.inserts_only for t in text))
+        return sum(t.lines for t in text)
 
     def _savepoint(self, conn: psycopg.Connection[Any]) -> Any:
         return conn.transaction()
