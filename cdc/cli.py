@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -298,6 +299,34 @@ def snapshot(config_path: str, tables: tuple[str, ...], where: str | None, trunc
         sys.exit(4)
 
 
+def _daemon_state(state: str, heartbeat_age: float | None, pid: int | None,
+                  host: str | None) -> str:
+    """The state a daemon last wrote, unless it can no longer be true.
+
+    A daemon killed with -9, or one that exited on an error, cannot say so: its
+    row keeps its last word.  On the daemon's own host a pid that no longer
+    exists is `gone`; anywhere, a heartbeat older than
+    HEARTBEAT_STALE_SECONDS makes `streaming` or `snapshotting` `stale`.
+    """
+    import socket
+
+    from cdc.pipeline import HEARTBEAT_STALE_SECONDS
+
+    if state not in ("streaming", "snapshotting", "failing"):
+        return state
+    if pid and host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return "gone"
+        except PermissionError:
+            pass  # alive, someone else's
+    if state != "failing" and heartbeat_age is not None and \
+            heartbeat_age > HEARTBEAT_STALE_SECONDS:
+        return "stale"
+    return state
+
+
 def lag_report(cfg: Config) -> dict[str, Any]:
     """The facts `cdc lag` prints, as a dict (also used by tests and metrics)."""
     from cdc.positions import decode_position
@@ -341,9 +370,8 @@ def lag_report(cfg: Config) -> dict[str, Any]:
             bytes_behind = max(0, b[1] - a[1])
     state = st.get("state") or ("never started" if applied is None else "stopped")
     updated = st.get("updated_at")
-    if state in ("streaming", "failing") and updated is not None and \
-            (now - updated).total_seconds() > 60:
-        state = "stopped"  # the daemon stopped writing status without saying so
+    heartbeat_age = None if updated is None else max(0.0, (now - updated).total_seconds())
+    state = _daemon_state(state, heartbeat_age, st.get("pid"), st.get("host"))
     report = {
         "pipeline": cfg.pipeline,
         "state": state,
@@ -359,6 +387,9 @@ def lag_report(cfg: Config) -> dict[str, Any]:
         "rows_per_second": st.get("rows_per_second"),
         "dead_letters": int(st.get("dead_letters") or 0),
         "message": st.get("message"),
+        "heartbeat_age_seconds": None if heartbeat_age is None else round(heartbeat_age, 1),
+        "pid": st.get("pid"),
+        "host": st.get("host"),
     }
     if source_error:
         report["source_error"] = source_error
@@ -371,7 +402,9 @@ def lag_report(cfg: Config) -> dict[str, Any]:
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
 @click.option("--max-seconds", type=float, default=None,
-              help="Exit 1 when more than this many seconds behind (for Nagios/Zabbix).")
+              help="A monitoring check (Nagios/Zabbix): exit 1, with the reason on stderr, "
+                   "unless the daemon is streaming, alive (fresh heartbeat), has no paused "
+                   "rule and is at most this many seconds behind.")
 def lag(config_path: str, as_json: bool, watch: bool, interval: float,
         max_seconds: float | None) -> None:
     """How far the target is behind the source."""
@@ -393,8 +426,32 @@ def lag(config_path: str, as_json: bool, watch: bool, interval: float,
         if not watch:
             break
         time.sleep(interval)
-    if limit is not None and (r["seconds_behind"] is None or r["seconds_behind"] > limit):
-        sys.exit(1)
+    if limit is not None:
+        # A monitoring check: green only for a live daemon that streams and is
+        # not behind.  A quiet source leaves seconds_behind at 0 whatever the
+        # daemon's fate, so the state decides first.
+        why = healthy_problem(r, limit)
+        if why:
+            click.echo(f"{r['pipeline']}: CRITICAL: {why}", err=True)
+            sys.exit(1)
+
+
+def healthy_problem(r: dict[str, Any], limit: float) -> str | None:
+    """Why a lag report is not healthy for a `--max-seconds` check, or None."""
+    state = r["state"]
+    if state != "streaming":
+        detail = {"gone": f"the daemon (pid {r.get('pid')} on {r.get('host')}) is not running",
+                  "stale": f"no heartbeat for {r.get('heartbeat_age_seconds')} s",
+                  "failing": f"failing: {r.get('message')}"}.get(state, f"state {state!r}")
+        return detail
+    if r.get("paused"):
+        return f"{len(r['paused'])} paused rule(s)"
+    sb = r["seconds_behind"]
+    if sb is None:
+        return "lag unknown"
+    if sb > limit:
+        return f"{sb:.1f} s behind (limit {limit:g} s)"
+    return None
 
 
 @cli.command()

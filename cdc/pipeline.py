@@ -94,6 +94,12 @@ def run(config: Config, stop: threading.Event, hooks: Hooks | None = None,
             state["delay"] = min(state["delay"] * 2, config.retry_max_seconds)
 
 
+# The daemon's heartbeat: it rewrites its status row this often while it runs.
+# `cdc lag` calls a status older than HEARTBEAT_STALE_SECONDS stale.
+STATUS_SECONDS = 5.0
+HEARTBEAT_STALE_SECONDS = 30.0
+
+
 def _record_failing(config: Config, e: CdcError) -> None:
     """Best effort: `cdc lag` shows 'failing' and why while we retry."""
     try:
@@ -244,7 +250,7 @@ class Runner:
                     dlq.retry(cfg, source, target, plan, due_only=True)
                 if self.hooks.watchdog:
                     self.hooks.watchdog()
-                if now - last_status >= 5.0:
+                if now - last_status >= STATUS_SECONDS:
                     last_status = now
                     rows_window = [(t, n) for t, n in rows_window if now - t <= 60]
                     rate = sum(n for _, n in rows_window) / 60.0

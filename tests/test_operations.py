@@ -170,8 +170,11 @@ def test_lag_max_seconds_for_monitoring(tmp_path: Path, mysql_db: Any, pg_db: An
     with PipelineThread(cfg) as p:
         mysql_db.execute("INSERT INTO items VALUES (1, 'a')")
         p.wait_caught_up()
-    ok = cdc("lag", "-c", str(cfg), "--max-seconds", "60", check=False)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+        ok = cdc("lag", "-c", str(cfg), "--max-seconds", "60", check=False)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+    # A daemon that stopped (cleanly) replicates nothing: never green.
+    stopped = cdc("lag", "-c", str(cfg), "--max-seconds", "60", check=False)
+    assert stopped.returncode == 1 and "stopped" in stopped.stderr
     time.sleep(1.2)
     mysql_db.execute("INSERT INTO items VALUES (2, 'b')")  # nobody streams it
     behind = cdc("lag", "-c", str(cfg), "--max-seconds", "1", "--json", check=False)
@@ -180,3 +183,48 @@ def test_lag_max_seconds_for_monitoring(tmp_path: Path, mysql_db: Any, pg_db: An
     assert report["state"] == "stopped" and report["caught_up"] is False
     status = cdc("status", "-c", str(cfg)).stdout
     assert "applied_position" in status and "dead_letters" in status
+
+
+def test_dead_daemon_is_never_healthy(tmp_path: Path, mysql_db: Any, pg_db: Any) -> None:
+    """kill -9 leaves the status row saying 'streaming'; lag must not believe it."""
+    from pipeline_helpers import DaemonProcess
+
+    cfg = pipeline(tmp_path, mysql_db, pg_db)
+    d = DaemonProcess(cfg, tmp_path / "daemon.log")
+    d.start()
+    try:
+        mysql_db.execute("INSERT INTO items VALUES (1, 'a')")
+        wait_caught_up(load(cfg))
+        live = json.loads(cdc("lag", "-c", str(cfg), "--json").stdout)
+        assert live["state"] == "streaming" and live["pid"] == d.proc.pid  # type: ignore[union-attr]
+        assert live["heartbeat_age_seconds"] is not None and live["heartbeat_age_seconds"] < 30
+        assert cdc("lag", "-c", str(cfg), "--max-seconds", "10", check=False).returncode == 0
+        d.kill9()
+        # The source is quiet: the target is "0 s behind" forever, and the
+        # status row still says streaming.
+        dead = cdc("lag", "-c", str(cfg), "--max-seconds", "10", "--json", check=False)
+        assert dead.returncode == 1
+        report = json.loads(dead.stdout)
+        assert report["state"] == "gone" and report["caught_up"] is True
+        assert "not running" in dead.stderr
+        assert "gone" in cdc("status", "-c", str(cfg)).stdout
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill9()
+
+
+def test_daemon_state_from_heartbeat() -> None:
+    """The rule `cdc lag` applies to the status row a daemon left behind."""
+    from cdc.cli import _daemon_state
+
+    me, here = os.getpid(), socket.gethostname()
+    assert _daemon_state("streaming", 1.0, me, here) == "streaming"
+    assert _daemon_state("streaming", 31.0, me, here) == "stale"
+    assert _daemon_state("streaming", 31.0, 4242, "another-host") == "stale"
+    assert _daemon_state("streaming", 1.0, 4242, "another-host") == "streaming"
+    assert _daemon_state("failing", 90.0, me, here) == "failing"
+    assert _daemon_state("stopped", 999.0, me, here) == "stopped"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert _daemon_state("streaming", 1.0, dead.pid, here) == "gone"
+    assert _daemon_state("failing", 1.0, dead.pid, here) == "gone"

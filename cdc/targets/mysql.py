@@ -397,14 +397,14 @@ class MySQLTarget:
         rows = self._query(
             "SELECT o.position, o.source_commit_time, o.applied_at, o.transactions,"
             " o.rows_applied, s.state, s.source_position, s.source_seen_at, s.rows_per_second,"
-            " s.message, s.updated_at, s.pid,"
+            " s.message, s.updated_at, s.pid, s.host,"
             " (SELECT COUNT(*) FROM cdc_dead_letters d WHERE d.pipeline = %s), UTC_TIMESTAMP(6)"
             " FROM (SELECT %s AS pipeline) p"
             " LEFT JOIN cdc_offsets o ON o.pipeline = p.pipeline"
             " LEFT JOIN cdc_status s ON s.pipeline = p.pipeline", (self.pipeline, self.pipeline))
         names = ["position", "source_commit_time", "applied_at", "transactions", "rows_applied",
                  "state", "source_position", "source_seen_at", "rows_per_second", "message",
-                 "updated_at", "pid", "dead_letters", "now"]
+                 "updated_at", "pid", "host", "dead_letters", "now"]
         return {k: _aware(v) for k, v in zip(names, rows[0], strict=True)}
 
     # --- applying -------------------------------------------------------------

@@ -245,7 +245,7 @@ class PostgresTarget:
             cur = conn.execute(
                 "SELECT o.position, o.source_commit_time, o.applied_at, o.transactions,"
                 " o.rows_applied, s.state, s.source_position, s.source_seen_at,"
-                " s.rows_per_second, s.message, s.updated_at, s.pid,"
+                " s.rows_per_second, s.message, s.updated_at, s.pid, s.host,"
                 " (SELECT count(*) FROM cdc.dead_letters d WHERE d.pipeline = %s),"
                 " now()"
                 " FROM (SELECT %s::text AS pipeline) p"
@@ -258,7 +258,7 @@ class PostgresTarget:
             conn.rollback()
         return dict(zip(["position", "source_commit_time", "applied_at", "transactions",
                          "rows_applied", "state", "source_position", "source_seen_at",
-                         "rows_per_second", "message", "updated_at", "pid", "dead_letters",
+                         "rows_per_second", "message", "updated_at", "pid", "host", "dead_letters",
                          "now"], row or [None] * len(names), strict=False))
 
     # --- applying -------------------------------------------------------------
