@@ -44,6 +44,11 @@ class Batch:
         """Source transactions that changed rows (heartbeats only move the position)."""
         return sum(1 for tx in self.transactions if not tx.heartbeat)
 
+    @property
+    def has_truncate(self) -> bool:
+        """A source TRUNCATE is among the changes (its place in the order matters)."""
+        return any(tx.extra.get("truncate") for tx in self.transactions)
+
     def changes_by_table(self) -> dict[str, list[RowChange]]:
         out: dict[str, list[RowChange]] = {}
         for tx in self.transactions:

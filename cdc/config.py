@@ -29,6 +29,7 @@ _BOOL = (bool,)
 _RULE_OPTIONS: dict[str, Any] = {
     "key": (list, str),
     "on_delete": _STR,
+    "on_truncate": _STR,
     "soft_delete_column": _STR,
     "dialect": _STR,
     "validate": (list, str),
@@ -86,6 +87,7 @@ SCHEMA: dict[str, Any] = {
 
 REQUIRED = ("pipeline", "source.url", "target.url", "rules")
 ON_DELETE = ("delete", "ignore", "soft")
+ON_TRUNCATE = ("truncate", "ignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,9 @@ class RuleOptions:
     dialect: str | None = None
     validate: tuple[str, ...] = ()
     enabled: bool = True
+    # None: not set; a source TRUNCATE empties the target table (cdc.plan
+    # refuses that default where several rules write one target table).
+    on_truncate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +328,10 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
         if on_delete == "soft" and not o.get("soft_delete_column"):
             raise ConfigError(
                 f"{p}: rule_options.{rule}: on_delete: soft needs soft_delete_column")
+        on_truncate = o.get("on_truncate")
+        if on_truncate is not None and on_truncate not in ON_TRUNCATE:
+            raise ConfigError(
+                f"{p}: rule_options.{rule}.on_truncate must be one of {', '.join(ON_TRUNCATE)}")
         key = o.get("key")
         validate = o.get("validate", [])
         options[rule] = RuleOptions(
@@ -332,6 +341,7 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
             dialect=o.get("dialect"),
             validate=tuple([validate] if isinstance(validate, str) else validate),
             enabled=o.get("enabled", True),
+            on_truncate=on_truncate,
         )
     s, t, b = d["source"], d["target"], d.get("batch", {})
     snap, retry, dlq = d.get("snapshot", {}), d.get("retry", {}), d.get("dead_letters", {})

@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 from cdc.positions import Position
 
-Op = Literal["I", "U", "D"]
+# "T": the source table was truncated (no images); it sits among the row
+# changes at its place in source order.
+Op = Literal["I", "U", "D", "T"]
 
 
 class _Unchanged:
@@ -72,6 +74,11 @@ class RowChange:
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     partial_before: bool = False
+
+
+def truncate_change(table: str) -> RowChange:
+    """A source TRUNCATE of ``table``, as an event among the row changes."""
+    return RowChange(table, "T", None, None)
 
 
 # COPY text's NULL.
@@ -177,6 +184,7 @@ class Transaction:
     ``text``, when set, holds changes still in COPY text form (``TextRows``,
     PostgreSQL to PostgreSQL); they come before the ones in ``changes``.
     ``materialize`` turns them into ``RowChange`` objects in front of them.
+    ``extra["truncate"]`` is true when ``changes`` holds a truncate (op ``T``).
     """
 
     changes: list[RowChange]

@@ -70,7 +70,8 @@ class Metrics:
     def batch(self, batch: Batch, seconds: float, staged: int) -> None:
         p = self.pipeline
         for (table, op), n in batch.counts_by_table().items():
-            self.rows.labels(p, table, {"I": "insert", "U": "update", "D": "delete"}[op]).inc(n)
+            self.rows.labels(p, table, {"I": "insert", "U": "update", "D": "delete",
+                                       "T": "truncate"}[op]).inc(n)
         self.transactions.labels(p).inc(batch.data_transactions)
         if batch.rows:
             self.batch_rows.labels(p).observe(batch.rows)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from cdc.batch import Converter
 from cdc.catalog import TableSchema
 from cdc.config import Config
-from cdc.errors import RuleError, TerminalError
+from cdc.errors import ConfigError, RuleError, TerminalError
 from cdc.rules.bind import BoundRule, bind
 from cdc.rules.compile import CompiledRule, StageTable, compile_rule, stage_table
 from cdc.rules.parse import Rule, load_rules
@@ -47,7 +47,26 @@ def parse_rules(config: Config) -> list[Rule]:
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise TerminalError(f"{config.path}: rule_options names rule {name!r}, but "
                                 f"{config.rules_dir} has no {name}.sql{hint}")
-    return [r for r in rules if config.options_for(r.name).enabled]
+    enabled = [r for r in rules if config.options_for(r.name).enabled]
+    check_truncate_choice(config, enabled)
+    return enabled
+
+
+def check_truncate_choice(config: Config, rules: list[Rule]) -> None:
+    """A source TRUNCATE empties a rule's target table by default; where several
+    rules write one target table that would wipe the others' rows too, so each
+    of them must say what it wants (rule_options.NAME.on_truncate)."""
+    writers: dict[str, list[str]] = {}
+    for r in rules:
+        writers.setdefault(r.target.name, []).append(r.name)
+    for table, names in writers.items():
+        unset = [n for n in names if config.options_for(n).on_truncate is None]
+        if len(names) > 1 and unset:
+            raise ConfigError(
+                f"{config.path}: rules {', '.join(names)} all write target table {table!r}; "
+                f"a source TRUNCATE would empty it for all of them",
+                fix=f"set rule_options.<rule>.on_truncate: truncate or ignore for "
+                    f"{', '.join(unset)}")
 
 
 def build_plan(config: Config, source: Catalog, target: Any,

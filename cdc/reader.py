@@ -105,8 +105,11 @@ def pack(tx: Transaction) -> tuple[Any, ...]:
     cost the decoder process ~10% of its time; column names go once per table.
     Everything per row here runs at C speed (dict views, tuple compares)."""
     cols: dict[str, tuple[str, ...]] = {}
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for ch in tx.changes:
+        if ch.op == "T":  # a truncate has no images (cdc.events.truncate_change)
+            rows.append((ch.table, "T", None, None, False, None))
+            continue
         img = ch.after if ch.after is not None else ch.before
         names = tuple(img) if img is not None else ()
         known = cols.setdefault(ch.table, names)
@@ -127,7 +130,7 @@ def unpack(packed: tuple[Any, ...]) -> Transaction:
     text = [TextRows(*t) for t in more[0]] if more and more[0] else None
     changes = []
     for table, op, before, after, partial, own in rows:
-        names = own or cols[table]
+        names = own or cols.get(table, ())
 
         def image(v: Any, names: tuple[str, ...] = names) -> dict[str, Any] | None:
             if v is None or isinstance(v, dict):

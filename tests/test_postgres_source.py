@@ -235,8 +235,11 @@ def test_insert_update_delete_truncate(pg_db: PostgresDatabase, make_source: Any
 
     sync_commit(pg_db, "INSERT INTO sales.orders (id) VALUES (5); TRUNCATE sales.orders")
     t4 = s.get()
-    assert [(c.op, c.after and c.after["id"]) for c in t4.changes] == [("I", 5)]
-    assert t4.extra == {"truncate": ["sales.orders"], "unchanged": False}
+    # The truncate is an event in source order, after the insert before it.
+    assert [(c.table, c.op, c.after and c.after["id"]) for c in t4.changes] == [
+        ("sales.orders", "I", 5), ("sales.orders", "T", None)]
+    assert t4.changes[1].before is None
+    assert t4.extra == {"truncate": True, "unchanged": False}
     s.close()
 
 

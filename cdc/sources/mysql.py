@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pymysql
+import sqlglot
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.constants import FIELD_TYPE, NONE_SOURCE
 from pymysqlreplication.event import (
@@ -26,12 +27,13 @@ from pymysqlreplication.event import (
     XidEvent,
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+from sqlglot import exp
 
 from cdc import catalog
 from cdc.catalog import TableSchema
 from cdc.config import DatabaseUrl
 from cdc.errors import ConnectionLost, SourceError, TerminalError
-from cdc.events import RowChange, Transaction, ZeroDate
+from cdc.events import RowChange, Transaction, ZeroDate, truncate_change
 from cdc.positions import BinlogPosition
 
 log = logging.getLogger("cdc.source.mysql")
@@ -292,7 +294,19 @@ class MySQLSource:
                         last_yield = now
                 elif isinstance(ev, QueryEvent):
                     q = _query_text(ev)
-                    if q != "BEGIN" and not changes:
+                    truncated = [t for t in truncated_tables(ev, self.url.database)
+                                 if not tables or t in tables]
+                    if truncated:
+                        # TRUNCATE commits implicitly: a transaction of its own,
+                        # after any row changes still open before it.
+                        changes.extend(truncate_change(t) for t in truncated)
+                        yield Transaction(changes, BinlogPosition(stream.log_file,
+                                                                  stream.log_pos),
+                                          datetime.fromtimestamp(ev.timestamp, UTC),
+                                          extra={"truncate": True})
+                        changes = []
+                        last_yield = time.monotonic()
+                    elif q != "BEGIN" and not changes:
                         # DDL commits implicitly; its end is a safe resume point.
                         now = time.monotonic()
                         if now - last_yield >= self.heartbeat_seconds:
@@ -333,6 +347,32 @@ class MySQLSource:
                         text = _ZERO_REASONS.get(why)
                         if text is not None:
                             image[name] = ZeroDate(text)
+
+
+def truncated_tables(ev: QueryEvent, database: str) -> list[str]:
+    """The tables of ``database`` a binlogged ``TRUNCATE [TABLE] name`` empties
+    (none for any other statement)."""
+    q = ev.query
+    if isinstance(q, bytes):
+        q = q.decode("utf-8", "replace")
+    schema = ev.schema.decode("utf-8", "replace") if isinstance(ev.schema, bytes) \
+        else str(ev.schema or "")
+    return truncate_targets(str(q), schema, database)
+
+
+def truncate_targets(statement: str, schema: str, database: str) -> list[str]:
+    """``statement`` parsed (sqlglot, MySQL dialect): the names of the tables
+    in ``database`` it truncates; ``schema`` is the session's default one."""
+    if "truncate" not in statement.lower():
+        return []  # most query events are BEGIN/COMMIT or other DDL: no parse
+    try:
+        tree = sqlglot.parse_one(statement, read="mysql")
+    except sqlglot.errors.ParseError:
+        return []
+    if not isinstance(tree, exp.TruncateTable):
+        return []
+    return [t.name for t in tree.expressions
+            if isinstance(t, exp.Table) and (t.db or schema) == database]
 
 
 def _query_text(ev: QueryEvent) -> str:

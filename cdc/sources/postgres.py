@@ -33,7 +33,7 @@ from psycopg.pq import DiagnosticField, ExecStatus
 from cdc import catalog
 from cdc.catalog import TableSchema, split_name
 from cdc.errors import CdcError, ConnectionLost, SourceError
-from cdc.events import TextRows, Transaction
+from cdc.events import TextRows, Transaction, truncate_change
 from cdc.positions import Lsn
 from cdc.sources.pgoutput import (
     TEXT_ARRAY_OID,
@@ -573,10 +573,11 @@ class PostgresSource:
         # per relation shape, until one needs the value path (an UNCHANGED TOAST
         # value); later changes of that transaction take it too, so each
         # table's text lines still come before its value changes.
-        segs: dict[int, tuple[RelationInfo, bytearray, list[bytes]]] = {}
+        segs: list[tuple[RelationInfo, bytearray, list[bytes]]] = []
+        seg: tuple[RelationInfo, bytearray, list[bytes]] | None = None
         text_ok = False
         unchanged = False  # a TOAST value was left out ('u') in this transaction
-        truncated: list[str] = []
+        truncated = False
         heartbeat_msg = False
         origin: str | None = None
         last_pos = resume.value  # highest safe resume point seen
@@ -659,9 +660,11 @@ class PostgresSource:
                         while True:
                             info, op, lines = got
                             if info.table in tables:
-                                seg = segs.get(id(info))
-                                if seg is None:
-                                    seg = segs[id(info)] = (info, bytearray(), [])
+                                # A new segment whenever the table changes keeps
+                                # source order across tables (cdc.targets.steps).
+                                if seg is None or seg[0] is not info:
+                                    seg = (info, bytearray(), [])
+                                    segs.append(seg)
                                 seg[1].append(op)
                                 seg[2].append(lines)
                             n, frame = read()
@@ -695,19 +698,20 @@ class PostgresSource:
                                             None if names is info.names or names == info.names
                                             else info.names))
                 elif isinstance(msg, Begin):
-                    changes, truncated, heartbeat_msg, origin = [], [], False, None
+                    changes, truncated, heartbeat_msg, origin = [], False, False, None
                     packed_cols = {} if self.packed else None
                     unchanged = False
-                    segs, text_ok = {}, self.copy_text
+                    segs, seg, text_ok = [], None, self.copy_text
                 elif isinstance(msg, Commit):
                     last_pos = max(last_pos, msg.end_lsn)
                     text = [(i.table, i.names, i.key_index, bytes(ops), b"".join(lines))
-                            for i, ops, lines in segs.values()] if segs else None
-                    segs, text_ok = {}, False
-                    if changes or truncated or text:
-                        extra: dict[str, Any] = {"truncate": truncated} if truncated else {}
+                            for i, ops, lines in segs] if segs else None
+                    segs, seg, text_ok = [], None, False
+                    if changes or text:
                         # Lets cdc.toast skip scanning every row of this transaction.
-                        extra["unchanged"] = unchanged
+                        extra: dict[str, Any] = {"unchanged": unchanged}
+                        if truncated:
+                            extra["truncate"] = True  # cdc.batch.Batch.has_truncate
                         if origin is not None:
                             extra["origin"] = origin
                         last_yield = now
@@ -739,10 +743,17 @@ class PostgresSource:
                     # reverse pipeline): lets a bidirectional setup skip its echoes.
                     origin = msg.name
                 elif isinstance(msg, Truncate):
+                    if changes is None:
+                        raise ProtocolError("pgoutput: truncate outside a transaction")
                     for oid in msg.relation_oids:
                         name = decoder.relation(oid).table
                         if name in tables:
-                            truncated.append(name)
+                            # An event in source order: what follows it in this
+                            # transaction takes the value path, after the text.
+                            text_ok, truncated = False, True
+                            changes.append((name, "T", None, None, False, None)
+                                           if packed_cols is not None
+                                           else truncate_change(name))
                 elif isinstance(msg, Message):
                     if msg.prefix == HEARTBEAT_PREFIX and msg.transactional:
                         heartbeat_msg = True

@@ -29,10 +29,21 @@ from cdc.rules.compile import CompiledRule, StageTable
 class RowFailure(Exception):
     """A rule statement (or staging) failed because of a row's data."""
 
-    def __init__(self, rule: CompiledRule, text: str) -> None:
+    def __init__(self, rule: CompiledRule, text: str, *, fk: bool = False) -> None:
         super().__init__(text)
         self.rule = rule
         self.text = text
+        # A foreign-key violation: applying in source order may cure it
+        # (cdc.targets.steps), so it may not be a dead letter yet.
+        self.fk = fk
+
+
+class OrderFailure(Exception):
+    """A foreign key refused changes applied by table (cdc.targets.steps)."""
+
+    def __init__(self, failure: RowFailure) -> None:
+        super().__init__(f"rule {failure.rule.name}: {failure.text}")
+        self.failure = failure
 
 
 class Positions(Protocol):
@@ -62,28 +73,35 @@ class Primitives(Protocol):
 
 def apply_text(t: Primitives, handle: Any, st: StageTable, text: list[TextRows],
                table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-               positions: Positions, existing: dict[int, int]) -> int:
+               positions: Positions, existing: dict[int, int], *,
+               escalate_fk: bool = False) -> int:
     """Apply changes still in COPY text form (cdc.events.TextRows): staged as
     text, no Python value per column, under a savepoint.  When something needs
     the rows one by one (a validation, a relation shape the staging table
-    lacks, a row that fails), they go back to values and ``apply_table``."""
+    lacks, a row that fails), they go back to values and ``apply_table``.
+    ``escalate_fk``: see ``apply_table``."""
     names = text[0].names
     if (not any(r.validations for r in table_rules)
             and all(x.names == names for x in text) and set(names) <= set(st.columns)):
         try:
             with t._savepoint(handle):
                 return t._stage_text_and_run(handle, st, text, table_rules)
-        except RowFailure:
-            pass
+        except RowFailure as f:
+            if escalate_fk and f.fk:
+                raise OrderFailure(f) from None
     return apply_table(t, handle, st, [ch for x in text for ch in x.changes()], table_rules,
-                       convs, positions, existing)
+                       convs, positions, existing, escalate_fk=escalate_fk)
 
 
 def apply_table(t: Primitives, handle: Any, st: StageTable, changes: list[RowChange],
                 table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                positions: Positions, existing: dict[int, int]) -> int:
+                positions: Positions, existing: dict[int, int], *,
+                escalate_fk: bool = False) -> int:
     """Apply ``changes`` of one source table; returns the rows staged on the
-    first (whole-batch) attempt, 0 when it had to isolate failures."""
+    first (whole-batch) attempt, 0 when it had to isolate failures.
+
+    ``escalate_fk``: a foreign-key violation raises ``OrderFailure`` instead
+    of becoming a dead letter (the caller re-applies in source order)."""
 
     def letter(rule: str, ch: RowChange, error: str) -> None:
         t.dead_letters.append(DeadLetter(rule, ch, positions.get(id(ch)), error,
@@ -105,8 +123,13 @@ def apply_table(t: Primitives, handle: Any, st: StageTable, changes: list[RowCha
         changes = keep
 
     def attempt(part: list[RowChange]) -> int:
-        with t._savepoint(handle):
-            return t._stage_and_run(handle, st, part, table_rules, convs)
+        try:
+            with t._savepoint(handle):
+                return t._stage_and_run(handle, st, part, table_rules, convs)
+        except RowFailure as f:
+            if escalate_fk and f.fk:
+                raise OrderFailure(f) from None
+            raise
 
     try:
         return attempt(changes)

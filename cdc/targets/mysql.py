@@ -37,7 +37,7 @@ from cdc.events import RowChange, TextRows, is_zero_date_text
 from cdc.positions import Position, decode_position
 from cdc.rules.compile import KIND, PARTIAL, SEQ, CompiledRule, StageTable, ident
 from cdc.sources.mysql import classify as classify_connect
-from cdc.targets import isolate
+from cdc.targets import isolate, steps
 
 log = logging.getLogger("cdc.target.mysql")
 
@@ -239,6 +239,7 @@ class MySQLTarget:
         self._prepared: set[str] = set()
         self._mariadb = False
         self.dead_letters: list[DeadLetter] = []
+        self._fks: list[steps.ForeignKey] | None = None
 
     # --- connection and catalog ---------------------------------------------
     def conn(self) -> pymysql.connections.Connection:
@@ -255,6 +256,7 @@ class MySQLTarget:
                 raise classify_connect(e, u) from None
             self._tx = _Tx(self._conn)
             self._prepared.clear()
+            self._fks = None
             self._mariadb = "mariadb" in str(self._conn.get_server_info()).lower()
         return self._conn
 
@@ -480,20 +482,8 @@ class MySQLTarget:
                                (self.pipeline,))
                 # Rows the decoder kept as text (cdc.typemap.PG_TEXT_FOR_MYSQL).
                 text = batch.text_by_table()
-                by_table: dict[str, Any] = text if text is not None \
-                    else batch.changes_by_table()
-                active = [st for name, st in stages.items() if name in by_table]
-                self._prepare(tx, active, [r for st in active for r in rules.get(st.source_name, [])])
-                for st in active:
-                    table_rules = rules.get(st.source_name, [])
-                    if text is not None:
-                        staged += isolate.apply_text(self, tx, st, text[st.source_name],
-                                                     table_rules, convs.get(st.source_name),
-                                                     positions, existing or {})
-                        continue
-                    staged += self._apply_table(tx, st, by_table[st.source_name], table_rules,
-                                                convs.get(st.source_name), positions,
-                                                existing or {})
+                staged = steps.apply_batch(self, tx, batch, stages, rules, convs, positions,
+                                           existing or {}, text)
                 if self.dead_letters:
                     self._write_dead_letters(tx)
                 if record is not None:
@@ -517,6 +507,27 @@ class MySQLTarget:
 
     def _savepoint(self, tx: _Tx) -> Any:
         return tx()
+
+    def _foreign_keys(self, tx: _Tx) -> list[steps.ForeignKey]:
+        """(referencing, referenced) tables of the foreign keys of the target
+        database; read once per connection (cdc.targets.steps orders by them)."""
+        if self._fks is None:
+            self._fks = [((str(a), str(b)), (str(c), str(d))) for a, b, c, d in tx.execute(
+                "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA,"
+                " REFERENCED_TABLE_NAME FROM information_schema.REFERENTIAL_CONSTRAINTS"
+                " WHERE CONSTRAINT_SCHEMA = DATABASE()").fetchall()]
+        return self._fks
+
+    def _empty_target(self, tx: _Tx, rule: CompiledRule) -> None:
+        """A source TRUNCATE: DELETE, because TRUNCATE would commit the open
+        transaction (and the offset with it) on its own."""
+        t = rule.bound.target
+        try:
+            tx.execute(f"DELETE FROM {ident(t.schema, 'mysql')}.{ident(t.name, 'mysql')}")  # noqa: S608
+        except pymysql.err.MySQLError as e:
+            if _code(e) in MYSQL_ROW_ERRORS:
+                raise _row_failure(rule, e) from None
+            raise
 
     def prepare_tables(self, tx: _Tx, stages: Sequence[StageTable],
                        rules: Sequence[CompiledRule]) -> None:
@@ -548,7 +559,7 @@ class MySQLTarget:
         except pymysql.err.MySQLError as e:
             # A value the staging column cannot hold is the row's problem.
             if _code(e) in MYSQL_ROW_ERRORS and table_rules:
-                raise isolate.RowFailure(table_rules[0], str(e.args[-1])) from None
+                raise _row_failure(table_rules[0], e) from None
             raise
         self._run_rules(tx, table_rules, new_only=all(ch.op == "I" for ch in changes))
         return len(rows)
@@ -569,7 +580,7 @@ class MySQLTarget:
             _insert_in_chunks(tx.execute, head, tuples)
         except pymysql.err.MySQLError as e:
             if _code(e) in MYSQL_ROW_ERRORS and table_rules:
-                raise isolate.RowFailure(table_rules[0], str(e.args[-1])) from None
+                raise _row_failure(table_rules[0], e) from None
             raise
         self._run_rules(tx, table_rules, new_only=all(t.inserts_only for t in text))
         return seq
@@ -590,7 +601,7 @@ class MySQLTarget:
                     if code in _TRANSIENT_CODES or _client_error(code):
                         raise
                     if code in MYSQL_ROW_ERRORS:
-                        raise isolate.RowFailure(r, str(e.args[-1])) from None
+                        raise _row_failure(r, e) from None
                     raise _rule_error(r, e) from None
 
     def _validation_failures(self, tx: _Tx, st: StageTable, changes: list[RowChange],
@@ -816,6 +827,13 @@ def _aware(v: Any) -> Any:
     if isinstance(v, datetime) and v.tzinfo is None:
         return v.replace(tzinfo=UTC)
     return v
+
+
+_FK_ERRORS = {1216, 1217, 1451, 1452}
+
+
+def _row_failure(rule: CompiledRule, e: pymysql.err.MySQLError) -> isolate.RowFailure:
+    return isolate.RowFailure(rule, str(e.args[-1]), fk=_code(e) in _FK_ERRORS)
 
 
 def _rule_error(rule: CompiledRule, e: pymysql.err.MySQLError) -> RuleError:

@@ -25,7 +25,7 @@ from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, Tr
 from cdc.events import RowChange, TextRows
 from cdc.positions import Position, decode_position
 from cdc.rules.compile import KIND, PARTIAL, CompiledRule, StageTable
-from cdc.targets import isolate
+from cdc.targets import isolate, steps
 
 log = logging.getLogger("cdc.target.postgres")
 T = TypeVar("T")
@@ -95,6 +95,7 @@ class PostgresTarget:
         self._prepared: set[str] = set()
         self.dead_letters: list[DeadLetter] = []
         self._upsert_chunks: dict[str, int] = {}
+        self._fks: list[steps.ForeignKey] | None = None
 
     # --- connection and catalog ---------------------------------------------
     def conn(self) -> psycopg.Connection[Any]:
@@ -104,6 +105,7 @@ class PostgresTarget:
             self._conn.execute("SET TimeZone = 'UTC'")
             self._conn.commit()
             self._prepared.clear()
+            self._fks = None
         return self._conn
 
     def close(self) -> None:
@@ -332,22 +334,8 @@ class PostgresTarget:
                 # PostgreSQL -> PostgreSQL: rows that are still the walsender's
                 # COPY text go to staging as they are (cdc.events.TextRows).
                 text = batch.text_by_table() if not convs else None
-                by_table: dict[str, Any] = text if text is not None \
-                    else batch.changes_by_table()
-                active = [st for name, st in stages.items() if name in by_table]
-                self._prepare(conn, active,
-                              [r for st in active for r in rules.get(st.source_name, [])])
-                for st in active:
-                    table_rules = rules.get(st.source_name, [])
-                    if text is not None:
-                        staged += isolate.apply_text(self, conn, st, text[st.source_name],
-                                                     table_rules, None, positions,
-                                                     existing or {})
-                        continue
-                    changes = by_table[st.source_name]
-                    staged += self._apply_table(conn, st, changes, table_rules,
-                                                convs.get(st.source_name), positions,
-                                                existing or {})
+                staged = steps.apply_batch(self, conn, batch, stages, rules, convs, positions,
+                                           existing or {}, text)
                 if self.dead_letters:
                     self._write_dead_letters(conn)
                 if record is not None:
@@ -372,6 +360,30 @@ class PostgresTarget:
         return isolate.apply_table(self, conn, st, changes, table_rules, convs, positions,
                                    existing)
 
+    def _foreign_keys(self, conn: psycopg.Connection[Any]) -> list[steps.ForeignKey]:
+        """(referencing, referenced) tables of every foreign key in the target
+        database; read once per connection (cdc.targets.steps orders by them)."""
+        if self._fks is None:
+            self._fks = [((a, b), (c, d)) for a, b, c, d in conn.execute(
+                "SELECT cn.nspname, c.relname, pn.nspname, p.relname FROM pg_constraint k"
+                " JOIN pg_class c ON c.oid = k.conrelid"
+                " JOIN pg_namespace cn ON cn.oid = c.relnamespace"
+                " JOIN pg_class p ON p.oid = k.confrelid"
+                " JOIN pg_namespace pn ON pn.oid = p.relnamespace"
+                " WHERE k.contype = 'f'").fetchall()]
+        return self._fks
+
+    def _empty_target(self, conn: psycopg.Connection[Any], rule: CompiledRule) -> None:
+        """A source TRUNCATE: DELETE, not TRUNCATE, so that other sessions are not
+        locked out and a referencing foreign key is checked, not an error."""
+        t = rule.bound.target
+        try:
+            conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(t.schema, t.name)))
+        except psycopg.Error as e:
+            if pg_is_row_error(e.sqlstate):
+                raise _row_failure(rule, e) from None
+            raise
+
     def _stage_text_and_run(self, conn: psycopg.Connection[Any], st: StageTable,
                             text: list[TextRows], table_rules: list[CompiledRule]) -> int:
         """COPY text lines into staging as they are, then the rules (for
@@ -388,7 +400,7 @@ class PostgresTarget:
                         cp.write(t.data)
             except psycopg.Error as e:
                 if pg_is_row_error(e.sqlstate) and table_rules:
-                    raise isolate.RowFailure(table_rules[0], _pg_text(e)) from None
+                    raise _row_failure(table_rules[0], e) from None
                 raise
             self._run_rules(cur, table_rules, new_only=all(t.inserts_only for t in text))
         return sum(t.lines for t in text)
@@ -419,7 +431,7 @@ class PostgresTarget:
                     if isinstance(e, (psycopg.OperationalError, *_TRANSIENT)):
                         raise
                     if pg_is_row_error(e.sqlstate):
-                        raise isolate.RowFailure(r, _pg_text(e)) from None
+                        raise _row_failure(r, e) from None
                     raise _rule_error(r, e) from None
 
     def _stage_and_run(self, conn: psycopg.Connection[Any], st: StageTable,
@@ -433,7 +445,7 @@ class PostgresTarget:
             except psycopg.Error as e:
                 # A value the staging column cannot hold is the row's problem.
                 if pg_is_row_error(e.sqlstate) and table_rules:
-                    raise isolate.RowFailure(table_rules[0], _pg_text(e)) from None
+                    raise _row_failure(table_rules[0], e) from None
                 raise
             self._run_rules(cur, table_rules,
                             new_only=all(ch.op == "I" for ch in changes))
@@ -709,6 +721,10 @@ class _Positions:
             self.map = {id(ch): tx.position.encode() for tx in self.batch.transactions
                         for ch in tx.materialize()}
         return self.map.get(key)
+
+
+def _row_failure(rule: CompiledRule, e: psycopg.Error) -> isolate.RowFailure:
+    return isolate.RowFailure(rule, _pg_text(e), fk=e.sqlstate == "23503")
 
 
 def _pg_text(e: psycopg.Error) -> str:
