@@ -33,6 +33,10 @@ class TableSchema:
     primary_key: tuple[str, ...]
     # PostgreSQL only: 'd' default, 'f' full, 'i' index, 'n' nothing.
     replica_identity: str = "d"
+    # Every unique index's columns, the primary key's included; read for MySQL
+    # targets only (cdc.rules.compile: an upsert that another unique key could
+    # redirect to a different row must not be ON DUPLICATE KEY UPDATE).
+    unique_keys: tuple[tuple[str, ...], ...] = ()
 
     @property
     def column_names(self) -> list[str]:
