@@ -33,6 +33,10 @@ class TableSchema:
     primary_key: tuple[str, ...]
     # PostgreSQL only: 'd' default, 'f' full, 'i' index, 'n' nothing.
     replica_identity: str = "d"
+    # Every unique index's columns, the primary key's included; read for MySQL
+    # targets only (cdc.rules.compile: an upsert that another unique key could
+    # redirect to a different row must not be ON DUPLICATE KEY UPDATE).
+    unique_keys: tuple[tuple[str, ...], ...] = ()
     # PostgreSQL REPLICA IDENTITY USING INDEX: that index's columns.
     identity_index: tuple[str, ...] = ()
 
@@ -168,7 +172,7 @@ def pg_table(conn: Any, name: str, default_schema: str = "public") -> TableSchem
                 (oid,),
             ).fetchall()
         )
-    return TableSchema(schema, table, cols, pk, _s(ident), identity_index)
+    return TableSchema(schema, table, cols, pk, _s(ident), identity_index=identity_index)
 
 
 def pg_unique_keys(conn: Any, name: str, default_schema: str = "public") -> list[tuple[str, ...]]:

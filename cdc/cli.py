@@ -181,10 +181,14 @@ def check(config_path: str, show_sql: bool) -> None:
                     if c.delete:
                         click.echo(f"-- rule {c.name}: rows whose last image is a deletion\n"
                                    f"{c.delete};")
+                    if c.update:
+                        click.echo(f"-- rule {c.name}: update rows by the rule's key (other "
+                                   f"unique keys must not pick the row)\n{c.update};")
                     click.echo(f"-- rule {c.name}: upsert\n{c.upsert};")
                     click.echo(f"-- rule {c.name}: instead of the three above when the staged "
                                f"rows are all new images (a batch of inserts, a snapshot "
-                               f"chunk)\n{c.upsert_new_only};")
+                               f"chunk)\n" + "".join(f"{s};\n" for s in
+                                                      c.new_only_statements()).rstrip("\n"))
                     if c.insert_new_only:
                         click.echo(f"-- rule {c.name}: a snapshot chunk while the target holds "
                                    f"none of its rows yet (on a unique violation: the one "

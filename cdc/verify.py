@@ -144,7 +144,9 @@ def _verify_rule(config: Config, target: Any, plan: Any, c: CompiledRule, repair
                 # The rule's own upsert, fed from the collected rows.
                 _exec(conn, f"DELETE FROM {q(c.result_name)}")
                 _exec(conn, f"INSERT INTO {q(c.result_name)} SELECT * FROM {q(exp_name)}")
-                _exec(conn, c.upsert)
+                for stmt in (c.update, c.upsert):
+                    if stmt:
+                        _exec(conn, stmt)
                 rep.repaired = True
             _exec(conn, f"DROP TEMPORARY TABLE IF EXISTS {q(exp_name)}" if d == "mysql"
                   else f"DROP TABLE IF EXISTS pg_temp.{q(exp_name)}")

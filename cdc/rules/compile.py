@@ -81,20 +81,30 @@ class CompiledRule:
     # The same without a conflict clause: half the cost when no target row
     # exists yet; the caller falls back to the upsert on a unique violation.
     insert_new_only: str = ""
+    # MySQL targets with unique keys besides the rule's key: the upsert is
+    # "update by key" (these, run first) then "insert the missing" (upsert,
+    # upsert_new_only), never ON DUPLICATE KEY UPDATE.  Empty otherwise.
+    update: str = ""
+    update_new_only: str = ""
 
     @property
     def name(self) -> str:
         return self.bound.name
 
     def statements(self) -> list[str]:
-        return [s for s in (self.fill, self.delete, self.upsert) if s]
+        return [s for s in (self.fill, self.delete, self.update, self.upsert) if s]
+
+    def new_only_statements(self) -> list[str]:
+        """What runs instead of ``statements()`` when the staged rows are all
+        new images (a batch of inserts, a snapshot chunk)."""
+        return [s for s in (self.update_new_only, self.upsert_new_only) if s]
 
     def all_statements(self) -> list[str]:
         """Every statement the rule may run on the target: a batch's three, and
         the one-statement forms for staging that holds new images only (a batch
         of inserts, a snapshot chunk).  `cdc check` compiles each of them."""
-        return [*self.statements(),
-                *(s for s in (self.upsert_new_only, self.insert_new_only) if s)]
+        return [*self.statements(), *self.new_only_statements(),
+                *(s for s in (self.insert_new_only,) if s)]
 
 
 def stage_table(source: TableSchema, source_name: str, index: int, source_kind: str,
@@ -236,6 +246,7 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
         delete = (f"DELETE t FROM {target} AS t JOIN {q(res)} AS r ON {match} "
                   f"WHERE r.{q(KIND)} = 'O'")
 
+    update = update_new_only = ""  # MySQL, when the upsert is two statements
     insert_cols = list(out_cols)
     insert_vals = [f"r.{c}" for c in out_cols]
     updates = [c for c in out_cols if c not in key_cols]
@@ -270,12 +281,34 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
         upsert = f"{head} ON DUPLICATE KEY UPDATE {sets}"
         upsert_new_only = f"{direct_head} ON DUPLICATE KEY UPDATE {sets}"
         insert_new_only = ""  # InnoDB's upsert costs little more than its insert
+        if _other_unique_keys(bound):
+            # ON DUPLICATE KEY UPDATE takes whichever unique key clashes first
+            # and would overwrite a *different* row through it.  Update by the
+            # rule's key, then insert what is missing: a clash on another
+            # unique key is then an error (1062) and a dead letter with it.
+            values = dict(zip(insert_cols, insert_vals, strict=True))
+            assign = ", ".join(f"t.{c} = {values[c]}" for c in updates)
+            missing = f"NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match})"
+            ins = f"INSERT INTO {target} ({', '.join(insert_cols)}) SELECT {', '.join(insert_vals)}"
+            upsert = f"{ins} FROM {q(res)} AS r WHERE r.{q(KIND)} = 'N' AND {missing}"
+            upsert_new_only = f"{ins} FROM ({ranked}) AS r WHERE {missing}"
+            if assign:
+                update = (f"UPDATE {target} AS t JOIN {q(res)} AS r ON {match} SET {assign} "
+                          f"WHERE r.{q(KIND)} = 'N'")
+                update_new_only = f"UPDATE {target} AS t JOIN ({ranked}) AS r ON {match} SET {assign}"
     validations = [(cond, _validation_sql(bound, stage, cond, d))
                    for cond in bound.options.validate]
     return CompiledRule(bound=bound, stage=stage, result_name=res, create_result=create_result,
                         clear_result=clear_result, fill=fill, delete=delete, upsert=upsert,
                         validations=validations, upsert_new_only=upsert_new_only,
-                        insert_new_only=insert_new_only)
+                        insert_new_only=insert_new_only, update=update,
+                        update_new_only=update_new_only)
+
+
+def _other_unique_keys(bound: BoundRule) -> list[tuple[str, ...]]:
+    """The target's unique keys (primary key included) other than the rule's key."""
+    key = {k.lower() for k in bound.key}
+    return [u for u in bound.target.unique_keys if {c.lower() for c in u} != key]
 
 
 def _typed_null(e: exp.Expr, column: Column | None, d: str) -> exp.Expr:

@@ -13,6 +13,7 @@ MariaDB parses; ``SHOW MASTER STATUS`` is ``SHOW BINARY LOG STATUS`` from 8.4.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -285,7 +286,11 @@ class MySQLTarget:
     def table(self, name: str) -> TableSchema | None:
         conn = self.conn()
         try:
-            return catalog.mysql_table(conn, self.url.database, name)
+            shape = catalog.mysql_table(conn, self.url.database, name)
+            if shape is None:
+                return None
+            uniques = catalog.mysql_unique_keys(conn, self.url.database, name)
+            return dataclasses.replace(shape, unique_keys=tuple(uniques))
         finally:
             conn.rollback()
 
@@ -593,7 +598,7 @@ class MySQLTarget:
         for r in table_rules:
             if not new_only:
                 tx.execute(r.clear_result)
-            for stmt in [r.upsert_new_only] if new_only else r.statements():
+            for stmt in r.new_only_statements() if new_only else r.statements():
                 try:
                     tx.execute(stmt)
                 except pymysql.err.MySQLError as e:
