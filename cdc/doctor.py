@@ -264,9 +264,23 @@ def _pg_source_checks(config: Config, source: Any, tables: list[str]) -> list[Ch
                          config.wal_warn_bytes, f"{mb} MB",
                          "start `cdc run`, or drop the slot of a pipeline that is gone: "
                          f"cdc teardown -c {config.path} --yes", warning=True))
-    pub = source._query("SELECT schemaname, tablename FROM pg_publication_tables"
-                        " WHERE pubname = %s", (config.publication,))
-    published = {t if s == "public" else f"{s}.{t}" for s, t in pub}
+    published = set(source.published_tables())
+    partitioned = source.partitioned_tables()
+    if partitioned:
+        via_root = source.publishes_via_root()
+        out.append(Check("publish_via_partition_root", via_root is not False,
+                         f"publication {config.publication} "
+                         + ("publishes partitions under their root" if via_root else
+                            "missing" if via_root is None else
+                            "publishes partitions under their own names, which no rule reads")
+                         + f" ({', '.join(partitioned)} partitioned)",
+                         f"ALTER PUBLICATION {_q(config.publication, 'pg')} SET "
+                         f"(publish_via_partition_root = true);  (or cdc setup -c {config.path})"))
+    for root, leaf, fix, _full in source.partition_identity_problems():
+        out.append(Check(f"replica identity {leaf}", False,
+                         f"partition of {root}: its updates and deletes do not carry the old "
+                         "row its root's replica identity promises",
+                         f"{fix}  (or cdc setup -c {config.path})"))
     for t in tables:
         shape = source.table(t)
         if shape is None:
