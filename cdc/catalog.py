@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cdc import names
+
 
 @dataclass(frozen=True, slots=True)
 class Column:
@@ -50,10 +52,8 @@ class TableSchema:
 
 
 def split_name(name: str, default_schema: str) -> tuple[str, str]:
-    if "." in name:
-        schema, _, table = name.partition(".")
-        return schema, table
-    return default_schema, name
+    """(schema, table) of a table name's text (cdc.names): ``s.t``, ``"a.b"``, ``t``."""
+    return names.split(name, default_schema)
 
 
 def mysql_table(conn: Any, database: str, name: str) -> TableSchema | None:

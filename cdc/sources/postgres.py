@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import DiagnosticField, ExecStatus
 
-from cdc import catalog
+from cdc import catalog, names
 from cdc.catalog import TableSchema, split_name
 from cdc.errors import CdcError, ConnectionLost, SourceError
 from cdc.events import TextRows, Transaction
@@ -901,7 +901,7 @@ class PostgresSource:
 
 
 def _display(schema: str, name: str) -> str:
-    return name if schema == "public" else f"{schema}.{name}"
+    return names.qualified(None if schema == "public" else schema, name)
 
 
 def _quote_ident(name: str) -> str:
