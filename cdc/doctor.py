@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc import bookkeeping
+from cdc.catalog import split_name
 from cdc.config import Config, derived_server_id
 from cdc.errors import CdcError
 from cdc.rules.compile import ident
@@ -48,7 +49,7 @@ def print_grants(config: Config, tables: list[str], targets: list[str],
         role = _q(s.user, "postgresql")
         out += [f"ALTER ROLE {role} REPLICATION;",
                 f"GRANT CONNECT ON DATABASE {_q(s.database, 'postgresql')} TO {role};"]
-        schemas = sorted({(x.rpartition('.')[0] or "public") for x in tables})
+        schemas = sorted({split_name(x, "public")[0] for x in tables})
         out += [f"GRANT USAGE ON SCHEMA {_q(sc, 'postgresql')} TO {role};" for sc in schemas]
         if tables:
             out.append(f"GRANT SELECT ON {', '.join(_pg_name(x) for x in tables)} TO {role};")
@@ -66,7 +67,7 @@ def print_grants(config: Config, tables: list[str], targets: list[str],
         role = _q(t.user, "postgresql")
         out += [f"GRANT CONNECT, TEMPORARY ON DATABASE {_q(t.database, 'postgresql')} TO {role};",
                 f"CREATE SCHEMA IF NOT EXISTS cdc AUTHORIZATION {role};  -- bookkeeping"]
-        schemas = sorted({(x.rpartition('.')[0] or "public") for x in targets + lookups})
+        schemas = sorted({split_name(x, "public")[0] for x in targets + lookups})
         out += [f"GRANT USAGE ON SCHEMA {_q(sc, 'postgresql')} TO {role};" for sc in schemas]
         if targets:
             out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON "
@@ -77,8 +78,8 @@ def print_grants(config: Config, tables: list[str], targets: list[str],
 
 
 def _pg_name(name: str) -> str:
-    schema, _, table = name.rpartition(".")
-    return f"{_q(schema or 'public', 'postgresql')}.{_q(table, 'postgresql')}"
+    schema, table = split_name(name, "public")
+    return f"{_q(schema, 'postgresql')}.{_q(table, 'postgresql')}"
 
 
 def _grants_text(rows: list[tuple[Any, ...]]) -> str:
