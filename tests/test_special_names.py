@@ -230,9 +230,11 @@ def test_urls_with_escaped_database_and_password(tmp_path: Path,
         cur.execute("INSERT INTO `a.b` VALUES (1, 'x')")
     with pg.connect(db) as c:
         c.execute('CREATE TABLE "a.b" ("Id" integer PRIMARY KEY, "prénom" text)')
+    # A rule file named like the table; its rule_options key is that name.
     cfg = write_pipeline(tmp_path, my_url, pg_url, {
-        "ab": 'INSERT INTO `a.b` (`Id`, `prénom`) SELECT s.`Id`, s.`prénom` FROM `a.b` AS s'},
-        name=f"url_{uuid.uuid4().hex[:6]}")
+        "a.b & *@^": 'INSERT INTO `a.b` (`Id`, `prénom`) SELECT s.`Id`, s.`prénom` FROM `a.b` AS s'},
+        name=f"url_{uuid.uuid4().hex[:6]}",
+        extra='rule_options:\n  "a.b & *@^":\n    on_delete: ignore\n')
     cdc("check", "-c", str(cfg))
     cdc("setup", "-c", str(cfg))
     cdc("snapshot", "-c", str(cfg))
@@ -244,8 +246,12 @@ def test_urls_with_escaped_database_and_password(tmp_path: Path,
         time.sleep(0.3)
         p.wait_caught_up()
     with pg.connect(db) as c:
-        assert c.execute('SELECT "Id", "prénom" FROM "a.b"').fetchall() == [(2, "é")]
-    assert cdc("verify", "-c", str(cfg)).returncode == 0
+        # The delete was ignored, as the rule's options say.
+        assert c.execute('SELECT "Id", "prénom" FROM "a.b" ORDER BY 1').fetchall() == [
+            (1, "x"), (2, "é")]
+    report = json.loads(cdc("verify", "-c", str(cfg), "--json", check=False).stdout)
+    assert [(r["rule"], r["missing"], r["different"], r["extra"]) for r in report] == [
+        ("a.b & *@^", 0, 0, 1)]
     lag = json.loads(cdc("lag", "-c", str(cfg), "--json").stdout)
     assert lag["dead_letters"] == 0
 
@@ -259,3 +265,52 @@ def test_name_text_round_trip(text: str, parts: list[str]) -> None:
     assert names.parts(text) == parts
     schema = parts[-2] if len(parts) > 1 else None
     assert names.parts(names.qualified(schema, parts[-1])) == parts
+
+
+def test_mixed_case_names(tmp_path: Path, make_pg_db: Any) -> None:
+    """PostgreSQL folds unquoted names: ``FROM MixedCase`` reads ``mixedcase``,
+    ``FROM "CamelCase"`` reads ``CamelCase``; neither finds the other."""
+    src, tgt = make_pg_db(), make_pg_db()
+    src.execute('CREATE TABLE MixedCase (id integer PRIMARY KEY, v text);'
+                'CREATE TABLE "CamelCase" (id integer PRIMARY KEY, v text);'
+                'CREATE TABLE "MIXEDCASE" (id integer PRIMARY KEY, v text)')  # decoy
+    tgt.execute('CREATE TABLE "Out" (src text, id integer, v text, PRIMARY KEY (src, id))')
+    cfg = write_pipeline(tmp_path, src.url, tgt.url, {
+        "folded": "INSERT INTO \"Out\" (src, id, v) SELECT 'm', m.id, m.v FROM MixedCase AS m",
+        "camel": "INSERT INTO \"Out\" (src, id, v) SELECT 'c', c.id, c.v FROM \"CamelCase\" AS c",
+    }, name=f"n_{src.name}")
+    try:
+        cdc("setup", "-c", str(cfg))
+        assert sorted(src.query("SELECT tablename FROM pg_publication_tables")) == [
+            ("CamelCase",), ("mixedcase",)]
+        with PipelineThread(cfg) as p:
+            src.execute("INSERT INTO mixedcase VALUES (1, 'a'); INSERT INTO \"CamelCase\""
+                        " VALUES (1, 'b'); INSERT INTO \"MIXEDCASE\" VALUES (9, 'no')")
+            src.execute("DELETE FROM \"CamelCase\"; INSERT INTO \"CamelCase\" VALUES (2, 'c')")
+            p.wait_caught_up()
+            time.sleep(0.3)
+            p.wait_caught_up()
+        assert tgt.query('SELECT src, id, v FROM "Out" ORDER BY 1, 2') == [
+            ("c", 2, "c"), ("m", 1, "a")]
+        assert cdc("verify", "-c", str(cfg)).returncode == 0
+    finally:
+        c = load(cfg)
+        from cdc.sources.postgres import PostgresSource
+
+        PostgresSource(c.source.libpq(), slot=c.slot, publication=c.publication,
+                       tables=["mixedcase"]).teardown()
+
+
+def test_rule_names_keep_their_parts() -> None:
+    from cdc.rules.parse import parse_rule
+
+    text = ('INSERT INTO Tgt (a) SELECT s.a FROM Sales.Orders AS s'
+            ' JOIN "Map.1" AS m ON m.a = s.a JOIN x."y.z" AS n ON n.a = s.a')
+    pg = parse_rule("r", "r.sql", text, "postgres")
+    assert (pg.target.name, pg.source.name) == ("tgt", "sales.orders")
+    assert [lk.name for lk in pg.lookups] == ['"Map.1"', 'x."y.z"']
+    assert (pg.lookups[1].schema, pg.lookups[1].table) == ("x", "y.z")
+    my = parse_rule("r", "r.sql", text.replace('"', "`"), "mysql")
+    assert (my.target.name, my.source.name) == ("Tgt", "Sales.Orders")
+    assert [lk.name for lk in my.lookups] == ['"Map.1"', 'x."y.z"']
+    assert (my.source.schema, my.source.table) == ("Sales", "Orders")

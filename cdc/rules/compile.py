@@ -295,7 +295,7 @@ def _resolve_identifiers(sel: exp.Select, bound: BoundRule) -> None:
                 parts = [exp.to_identifier(shape.name, quoted=True)]
                 db = t.args.get("db")
                 new = exp.Table(this=parts[0],
-                                db=exp.to_identifier(db.name, quoted=True) if db else None,
+                                db=exp.to_identifier(shape.schema, quoted=True) if db else None,
                                 alias=exp.TableAlias(
                                     this=exp.to_identifier(t.alias_or_name, quoted=True)))
                 join.set("this", new)
