@@ -213,7 +213,8 @@ def awkward_dbs(mariadb_server: Any, pg_server: Any) -> Iterator[tuple[str, str,
         mariadb_server.execute(f"DROP USER '{user}'@'%'")
 
 
-def test_urls_with_escaped_database_and_password(tmp_path: Path,
+@pytest.mark.parametrize("source_kind", ["mysql", "postgresql"])
+def test_urls_with_escaped_database_and_password(tmp_path: Path, source_kind: str,
                                                  awkward_dbs: tuple[str, str, Any, Any]) -> None:
     db, user, my, pg = awkward_dbs
     enc = f"{quote(user, safe='')}:{quote(PASSWORD, safe='')}"
@@ -222,38 +223,64 @@ def test_urls_with_escaped_database_and_password(tmp_path: Path,
     u = DatabaseUrl.parse(pg_url)
     assert (u.user, u.password, u.database) == (user, PASSWORD, db)
     # Unencoded, as a ${VAR} expansion leaves it: the user part ends at the last @.
-    raw = DatabaseUrl.parse(f"mysql://{user}:{PASSWORD}@{my.host}:{my.port}/{quote(db)}")
+    raw_my = f"mysql://{user}:{PASSWORD}@{my.host}:{my.port}/{quote(db)}"
+    raw_pg = f"postgresql://{user}:{PASSWORD}@{pg.host}:{pg.port}/{quote(db)}"
+    raw = DatabaseUrl.parse(raw_my)
     assert (raw.user, raw.password, raw.host, raw.port, raw.database) == (
         user, PASSWORD, my.host, my.port, db)
     with my.connect(db) as c, c.cursor() as cur:
-        cur.execute("CREATE TABLE `a.b` (`Id` INT PRIMARY KEY, `prénom` VARCHAR(50))")
-        cur.execute("INSERT INTO `a.b` VALUES (1, 'x')")
+        cur.execute("CREATE TABLE `a.b` (`Id` INT PRIMARY KEY, `prénom` VARCHAR(50))"
+                    " DEFAULT CHARSET=utf8mb4")
     with pg.connect(db) as c:
         c.execute('CREATE TABLE "a.b" ("Id" integer PRIMARY KEY, "prénom" text)')
-    # A rule file named like the table; its rule_options key is that name.
-    cfg = write_pipeline(tmp_path, my_url, pg_url, {
-        "a.b & *@^": 'INSERT INTO `a.b` (`Id`, `prénom`) SELECT s.`Id`, s.`prénom` FROM `a.b` AS s'},
-        name=f"url_{uuid.uuid4().hex[:6]}",
-        extra='rule_options:\n  "a.b & *@^":\n    on_delete: ignore\n')
-    cdc("check", "-c", str(cfg))
-    cdc("setup", "-c", str(cfg))
-    cdc("snapshot", "-c", str(cfg))
-    with PipelineThread(cfg) as p:
+
+    def source_sql(*stmts: str) -> None:
+        if source_kind == "mysql":
+            with my.connect(db) as c, c.cursor() as cur:
+                for st in stmts:
+                    cur.execute(st.replace('"', "`"))
+        else:
+            with pg.connect(db) as c:
+                for st in stmts:
+                    c.execute(st)
+
+    def target_rows() -> list[tuple[Any, ...]]:
+        if source_kind == "mysql":
+            with pg.connect(db) as c:
+                return c.execute('SELECT "Id", "prénom" FROM "a.b" ORDER BY 1').fetchall()
         with my.connect(db) as c, c.cursor() as cur:
-            cur.execute("INSERT INTO `a.b` VALUES (2, 'é')")
-            cur.execute("DELETE FROM `a.b` WHERE `Id` = 1")
-        p.wait_caught_up()
-        time.sleep(0.3)
-        p.wait_caught_up()
-    with pg.connect(db) as c:
+            cur.execute("SELECT `Id`, `prénom` FROM `a.b` ORDER BY 1")
+            return [tuple(r) for r in cur.fetchall()]
+
+    source_sql("""INSERT INTO "a.b" VALUES (1, 'x')""")
+    rule = 'INSERT INTO "a.b" ("Id", "prénom") SELECT s."Id", s."prénom" FROM "a.b" AS s'
+    if source_kind == "mysql":
+        urls, rule = (raw_my, pg_url), rule.replace('"', "`")
+    else:
+        urls = (raw_pg, my_url)
+    # A rule file named like the table; its rule_options key is that name.
+    cfg = write_pipeline(tmp_path, *urls, {"a.b & *@^": rule},
+                         name=f"url_{uuid.uuid4().hex[:6]}",
+                         extra='rule_options:\n  "a.b & *@^":\n    on_delete: ignore\n')
+    try:
+        cdc("check", "-c", str(cfg))
+        cdc("setup", "-c", str(cfg))
+        cdc("snapshot", "-c", str(cfg))
+        with PipelineThread(cfg) as p:
+            source_sql("""INSERT INTO "a.b" VALUES (2, 'é')""", """DELETE FROM "a.b" WHERE "Id" = 1""")
+            p.wait_caught_up()
+            time.sleep(0.3)
+            p.wait_caught_up()
         # The delete was ignored, as the rule's options say.
-        assert c.execute('SELECT "Id", "prénom" FROM "a.b" ORDER BY 1').fetchall() == [
-            (1, "x"), (2, "é")]
-    report = json.loads(cdc("verify", "-c", str(cfg), "--json", check=False).stdout)
-    assert [(r["rule"], r["missing"], r["different"], r["extra"]) for r in report] == [
-        ("a.b & *@^", 0, 0, 1)]
-    lag = json.loads(cdc("lag", "-c", str(cfg), "--json").stdout)
-    assert lag["dead_letters"] == 0
+        assert target_rows() == [(1, "x"), (2, "é")]
+        report = json.loads(cdc("verify", "-c", str(cfg), "--json", check=False).stdout)
+        assert [(r["rule"], r["missing"], r["different"], r["extra"]) for r in report] == [
+            ("a.b & *@^", 0, 0, 1)]
+        lag = json.loads(cdc("lag", "-c", str(cfg), "--json").stdout)
+        assert lag["dead_letters"] == 0
+    finally:
+        if source_kind == "postgresql":
+            cdc("teardown", "-c", str(cfg), "--yes", check=False)
 
 
 @pytest.mark.parametrize(("text", "parts"), [
