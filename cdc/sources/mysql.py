@@ -269,7 +269,8 @@ class MySQLSource:
                 if ev is None:
                     continue
                 if isinstance(ev, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
-                    table = keys.get(ev.table) if keys else names.qualified(None, ev.table)
+                    table = (keys.get(ev.table) if self.tables
+                             else names.qualified(None, ev.table))
                     if table is None:
                         continue
                     rows = ev.rows
