@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cdc import names
+
 
 @dataclass(frozen=True, slots=True)
 class Column:
@@ -67,10 +69,8 @@ class TableSchema:
 
 
 def split_name(name: str, default_schema: str) -> tuple[str, str]:
-    if "." in name:
-        schema, _, table = name.partition(".")
-        return schema, table
-    return default_schema, name
+    """(schema, table) of a table name's text (cdc.names): ``s.t``, ``"a.b"``, ``t``."""
+    return names.split(name, default_schema)
 
 
 def mysql_table(conn: Any, database: str, name: str) -> TableSchema | None:
@@ -132,14 +132,18 @@ def mysql_unique_keys(conn: Any, database: str, name: str) -> list[tuple[str, ..
 def pg_table(conn: Any, name: str, default_schema: str = "public") -> TableSchema | None:
     schema, table = split_name(name, default_schema)
     cur = conn.execute(
-        "SELECT c.oid, c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "SELECT c.oid, c.relreplident, c.relkind FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
         (schema, table),
     )
     row = cur.fetchone()
     if row is None:
         return None
-    oid, ident = row
+    oid, ident, relkind = row
+    ident = _s(ident)
+    if _s(relkind) == "p":
+        ident = _partitioned_identity(conn, oid, ident)
     cols = tuple(
         Column(r[0], r[1], not r[2], r[3], r[4])
         for r in conn.execute(
@@ -173,6 +177,25 @@ def pg_table(conn: Any, name: str, default_schema: str = "public") -> TableSchem
             ).fetchall()
         )
     return TableSchema(schema, table, cols, pk, _s(ident), identity_index=identity_index)
+
+
+def _partitioned_identity(conn: Any, oid: int, own: str) -> str:
+    """The replica identity a partitioned table's changes actually carry.
+
+    PostgreSQL logs each change with the identity of the partition holding the
+    row; the root's own setting does not propagate.  FULL only when every
+    partition has it; otherwise what the weakest partition gives.
+    """
+    leaves = [_s(r[0]) for r in conn.execute(
+        "SELECT c.relreplident FROM pg_partition_tree(%s::oid::regclass) p"
+        " JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf", (oid,)).fetchall()]
+    if not leaves:
+        return own
+    if all(x == "f" for x in leaves):
+        return "f"
+    if "n" in leaves:
+        return "n"
+    return "d"
 
 
 def pg_unique_keys(conn: Any, name: str, default_schema: str = "public") -> list[tuple[str, ...]]:

@@ -102,49 +102,94 @@ class DatabaseUrl:
     database: str
     raw: str
     params: dict[str, str] = field(default_factory=dict)
+    host_given: bool = True  # False: the URL names no host (PostgreSQL: the Unix socket)
 
     @classmethod
     def parse(cls, url: str, *, where: str = "url") -> DatabaseUrl:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
+        """``scheme://[user[:password]@]host[:port]/database[?k=v&…]``.
+
+        Parts are percent-decoded (``%40`` for ``@``, ``%20`` for a space).  A
+        password from ``${VAR}`` rarely is encoded, so the user part ends at the
+        *last* ``@`` and may hold ``@ : / # ?`` as they are; a database name
+        holding ``@``, ``/``, ``?`` or ``#`` must be percent-encoded.
+        """
+        m = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", url, re.S)
+        scheme = m.group(1).lower() if m else urlsplit(url).scheme.lower()
         if scheme in ("mysql", "mariadb", "mysql+pymysql"):
             kind, default_port = "mysql", 3306
         elif scheme in ("postgresql", "postgres", "pg"):
             kind, default_port = "postgresql", 5432
         else:
             raise ConfigError(
-                f"{where}: unsupported scheme {parts.scheme!r}; use mysql:// or postgresql://"
+                f"{where}: unsupported scheme {urlsplit(url).scheme!r}; use mysql:// or "
+                "postgresql://"
             )
-        database = unquote(parts.path.lstrip("/"))
+        assert m is not None
+        rest = m.group(2)
+        userinfo, at, hostpart = rest.rpartition("@")
+        if not at:
+            userinfo, hostpart = "", rest
+        user, colon, password = userinfo.partition(":")
+        hostport, slash, tail = hostpart.partition("/")
+        if not slash:
+            hostport, _, tail = hostpart.partition("?")
+            tail = "?" + tail if _ else ""
+        path, _, query = tail.partition("?")
+        path = path.split("#", 1)[0]
+        query = query.split("#", 1)[0]
+        host, port_text = hostport, ""
+        if hostport.startswith("["):  # [IPv6]:port
+            close = hostport.find("]")
+            host, port_text = hostport[1:close], hostport[close + 1:].lstrip(":")
+        elif ":" in hostport:
+            host, _, port_text = hostport.rpartition(":")
+        database = unquote(path)
         if not database:
             raise ConfigError(f"{where}: the URL names no database (…/DBNAME at the end)")
         params = {}
-        for item in filter(None, parts.query.split("&")):
+        for item in filter(None, query.split("&")):
             k, _, v = item.partition("=")
             params[unquote(k)] = unquote(v)
         try:
-            port = parts.port or default_port
+            port = int(port_text) if port_text else default_port
+            if not 0 < port < 65536:
+                raise ValueError(f"Port out of range 1-65535: {port}")
         except ValueError as e:
             raise ConfigError(f"{where}: bad port: {e}") from None
         return cls(
             kind=kind,
-            host=parts.hostname or "localhost",
+            host=unquote(host) or "localhost",
             port=port,
-            user=unquote(parts.username or ""),
-            password=unquote(parts.password or ""),
+            user=unquote(user),
+            password=unquote(password) if colon else "",
             database=database,
             raw=url,
             params=params,
+            host_given=bool(host),
         )
 
     def redacted(self) -> str:
         return f"{self.kind}://{self.user}@{self.host}:{self.port}/{self.database}"
 
     def libpq(self) -> str:
-        """The URL in the form psycopg accepts."""
+        """A libpq connection string with the parts as parsed (never the raw URL:
+        libpq would split a password holding ``@`` or ``/`` elsewhere)."""
         if self.kind != "postgresql":
             raise ValueError("not a PostgreSQL URL")
-        return self.raw.replace("pg://", "postgresql://", 1)
+        import psycopg
+        from psycopg.conninfo import make_conninfo
+
+        parts: dict[str, Any] = {"port": self.port, "dbname": self.database}
+        if self.host_given:  # else libpq's default: the Unix socket (or ?host=…)
+            parts["host"] = self.host
+        if self.user:
+            parts["user"] = self.user
+        if self.password:
+            parts["password"] = self.password
+        try:
+            return make_conninfo("", **{**self.params, **parts})
+        except psycopg.ProgrammingError as e:
+            raise ConfigError(f"{self.redacted()}: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc.batch import Batch
+from cdc.catalog import split_name
 from cdc.config import Config
 from cdc.deadletter import change_from_json
 from cdc.events import RowChange, Transaction
 from cdc.plan import Plan
 from cdc.positions import BinlogPosition
-from cdc.rules.compile import ident
+from cdc.rules.compile import ident, table_sql
 
 log = logging.getLogger("cdc.dlq")
 
@@ -41,7 +42,7 @@ def fetch_current(config: Config, source: Any, table: str, pk: list[str],
         d = "mysql"
         cols = ", ".join(ident(c, d) for c in pk)
         one = "(" + ", ".join(["%s"] * len(pk)) + ")"
-        query = (f"SELECT * FROM {ident(table, d)} WHERE ({cols}) IN "  # noqa: S608 - quoted
+        query = (f"SELECT * FROM {table_sql(table, d)} WHERE ({cols}) IN "  # noqa: S608 - quoted
                  f"({', '.join([one] * len(keys))})")
         with conn.cursor() as cur:
             cur.execute(query, [v for k in keys for v in k])
@@ -51,8 +52,7 @@ def fetch_current(config: Config, source: Any, table: str, pk: list[str],
         import psycopg
         from psycopg import sql
 
-        schema, _, name = table.rpartition(".")
-        tref = sql.Identifier(schema or "public", name)
+        tref = sql.Identifier(*split_name(table, "public"))
         what: sql.Composable = sql.SQL("*")
         with psycopg.connect(config.source.libpq(), autocommit=True) as conn:
             conn.execute("SET TimeZone = 'UTC'")

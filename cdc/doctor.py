@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc import bookkeeping
+from cdc.catalog import split_name
 from cdc.config import Config, derived_server_id
 from cdc.errors import CdcError
 from cdc.rules.compile import ident
@@ -48,7 +49,7 @@ def print_grants(config: Config, tables: list[str], targets: list[str],
         role = _q(s.user, "postgresql")
         out += [f"ALTER ROLE {role} REPLICATION;",
                 f"GRANT CONNECT ON DATABASE {_q(s.database, 'postgresql')} TO {role};"]
-        schemas = sorted({(x.rpartition('.')[0] or "public") for x in tables})
+        schemas = sorted({split_name(x, "public")[0] for x in tables})
         out += [f"GRANT USAGE ON SCHEMA {_q(sc, 'postgresql')} TO {role};" for sc in schemas]
         if tables:
             out.append(f"GRANT SELECT ON {', '.join(_pg_name(x) for x in tables)} TO {role};")
@@ -66,7 +67,7 @@ def print_grants(config: Config, tables: list[str], targets: list[str],
         role = _q(t.user, "postgresql")
         out += [f"GRANT CONNECT, TEMPORARY ON DATABASE {_q(t.database, 'postgresql')} TO {role};",
                 f"CREATE SCHEMA IF NOT EXISTS cdc AUTHORIZATION {role};  -- bookkeeping"]
-        schemas = sorted({(x.rpartition('.')[0] or "public") for x in targets + lookups})
+        schemas = sorted({split_name(x, "public")[0] for x in targets + lookups})
         out += [f"GRANT USAGE ON SCHEMA {_q(sc, 'postgresql')} TO {role};" for sc in schemas]
         if targets:
             out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON "
@@ -77,8 +78,8 @@ def print_grants(config: Config, tables: list[str], targets: list[str],
 
 
 def _pg_name(name: str) -> str:
-    schema, _, table = name.rpartition(".")
-    return f"{_q(schema or 'public', 'postgresql')}.{_q(table, 'postgresql')}"
+    schema, table = split_name(name, "public")
+    return f"{_q(schema, 'postgresql')}.{_q(table, 'postgresql')}"
 
 
 def _grants_text(rows: list[tuple[Any, ...]]) -> str:
@@ -264,9 +265,23 @@ def _pg_source_checks(config: Config, source: Any, tables: list[str]) -> list[Ch
                          config.wal_warn_bytes, f"{mb} MB",
                          "start `cdc run`, or drop the slot of a pipeline that is gone: "
                          f"cdc teardown -c {config.path} --yes", warning=True))
-    pub = source._query("SELECT schemaname, tablename FROM pg_publication_tables"
-                        " WHERE pubname = %s", (config.publication,))
-    published = {t if s == "public" else f"{s}.{t}" for s, t in pub}
+    published = set(source.published_tables())
+    partitioned = source.partitioned_tables()
+    if partitioned:
+        via_root = source.publishes_via_root()
+        out.append(Check("publish_via_partition_root", via_root is not False,
+                         f"publication {config.publication} "
+                         + ("publishes partitions under their root" if via_root else
+                            "missing" if via_root is None else
+                            "publishes partitions under their own names, which no rule reads")
+                         + f" ({', '.join(partitioned)} partitioned)",
+                         f"ALTER PUBLICATION {_q(config.publication, 'pg')} SET "
+                         f"(publish_via_partition_root = true);  (or cdc setup -c {config.path})"))
+    for root, leaf, fix, _full in source.partition_identity_problems():
+        out.append(Check(f"replica identity {leaf}", False,
+                         f"partition of {root}: its updates and deletes do not carry the old "
+                         "row its root's replica identity promises",
+                         f"{fix}  (or cdc setup -c {config.path})"))
     for t in tables:
         shape = source.table(t)
         if shape is None:

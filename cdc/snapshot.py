@@ -40,7 +40,9 @@ from typing import Any
 import sqlglot
 from sqlglot.errors import ParseError, TokenError
 
+from cdc import names
 from cdc.batch import Batch
+from cdc.catalog import split_name
 from cdc.config import Config
 from cdc.deadletter import image_from_json, image_to_json
 from cdc.errors import CdcError, ConfigError, TerminalError, TransientError
@@ -259,8 +261,8 @@ class ChunkReader:
 
 
 def _pg_table(name: str) -> str:
-    schema, _, table = name.rpartition(".")
-    return f"{ident(schema or 'public', 'postgres')}.{ident(table, 'postgres')}"
+    schema, table = split_name(name, "public")
+    return f"{ident(schema, 'postgres')}.{ident(table, 'postgres')}"
 
 
 def estimate_rows(config: Config, source: Any, table: str) -> int | None:
@@ -269,13 +271,12 @@ def estimate_rows(config: Config, source: Any, table: str) -> int | None:
             with source.conn().cursor() as cur:
                 cur.execute("SELECT TABLE_ROWS FROM information_schema.TABLES"
                             " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
-                            (config.source.database, table))
+                            split_name(table, config.source.database))
                 row = cur.fetchone()
                 return int(row[0]) if row and row[0] is not None else None
-        schema, _, name = table.rpartition(".")
         rows = source._query("SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n"
                              " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-                             (schema or "public", name))
+                             split_name(table, "public"))
         return max(0, int(rows[0][0])) if rows else None
     except (CdcError, Exception):  # an estimate is a nicety, never a failure
         return None
@@ -351,9 +352,10 @@ class Snapshot:
         if not self.tables:
             return list(plan.stages)
         out = []
-        for t in self.tables:
-            if t not in plan.stages:
-                raise ConfigError(f"--table {t!r}: no rule reads it (rules read: "
+        for given in self.tables:
+            t = names.resolve(given, list(plan.stages))
+            if t is None:
+                raise ConfigError(f"--table {given!r}: no rule reads it (rules read: "
                                   f"{', '.join(plan.stages)})")
             out.append(t)
         return out

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdc import names
 from cdc.config import Config
 from cdc.errors import ConfigError
 from cdc.events import RowChange
@@ -60,11 +61,15 @@ def verify(config: Config, tables: list[str] | None = None, repair: bool = False
         target.require_schema()
         plan = build_plan(config, source, target, rules)
         attach_converters(plan, config)
-        chosen = tables or list(plan.stages)
-        for t in chosen:
-            if t not in plan.stages:
-                raise ConfigError(f"--table {t!r}: no rule reads it (rules read: "
-                                  f"{', '.join(plan.stages)})")
+        chosen = list(plan.stages)
+        if tables:
+            chosen = []
+            for given in tables:
+                t = names.resolve(given, list(plan.stages))
+                if t is None:
+                    raise ConfigError(f"--table {given!r}: no rule reads it (rules read: "
+                                      f"{', '.join(plan.stages)})")
+                chosen.append(t)
         writers: dict[str, int] = {}
         for c in plan.rules:
             writers[c.bound.rule.target.name] = writers.get(c.bound.rule.target.name, 0) + 1

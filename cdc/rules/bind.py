@@ -14,7 +14,7 @@ from sqlglot import exp
 
 from cdc.catalog import TableSchema
 from cdc.config import RuleOptions
-from cdc.rules.parse import Rule
+from cdc.rules.parse import Rule, table_name
 
 
 @dataclass(slots=True)
@@ -121,8 +121,7 @@ def bind(rule: Rule, source: TableSchema | None, target: TableSchema | None,
         if sub is rule.select:
             continue
         for t in sub.find_all(exp.Table):
-            tname = ".".join(p.name for p in (t.args.get("db"), t.args.get("catalog")) if p) or ""
-            tname = f"{tname}.{t.name}" if tname else t.name
+            tname = table_name(t, rule.dialect)
             if tname.lower() == rule.source.name.lower() or (
                     tname not in lookups and is_source_table(tname)):
                 raise rule.error(f"a subquery reads source table {tname!r}: rules may read only "

@@ -25,6 +25,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from cdc import names
 from cdc.catalog import Column, TableSchema
 from cdc.errors import RuleError
 from cdc.rules.bind import BoundRule
@@ -39,8 +40,9 @@ def ident(name: str, dialect: str) -> str:
 
 
 def table_sql(name: str, dialect: str) -> str:
-    """A possibly schema-qualified table name as written in a rule or config."""
-    return ".".join(ident(p, dialect) for p in name.split(".", 1))
+    """A table name's text (cdc.names: ``t``, ``s.t``, ``"a.b"``) as quoted SQL."""
+    parts = names.parts(name)[-2:]
+    return ".".join(ident(p, dialect) for p in parts)
 
 
 def target_dialect(kind: str) -> str:
@@ -375,7 +377,7 @@ def _resolve_identifiers(sel: exp.Select, bound: BoundRule) -> None:
                 parts = [exp.to_identifier(shape.name, quoted=True)]
                 db = t.args.get("db")
                 new = exp.Table(this=parts[0],
-                                db=exp.to_identifier(db.name, quoted=True) if db else None,
+                                db=exp.to_identifier(shape.schema, quoted=True) if db else None,
                                 alias=exp.TableAlias(
                                     this=exp.to_identifier(t.alias_or_name, quoted=True)))
                 join.set("this", new)

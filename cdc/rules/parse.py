@@ -16,6 +16,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from cdc import names
 from cdc.errors import RuleError
 
 DIALECTS = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgres", "postgres": "postgres"}
@@ -30,10 +31,19 @@ def sqlglot_dialect(kind: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TableRef:
-    name: str  # as written, possibly schema-qualified
+    name: str  # cdc.names text: "t", "s.t", '"a.b"' (built from the parsed parts)
     alias: str  # the alias, or the bare table name when none was given
     line: int
     join_kind: str = ""  # "", "LEFT", "INNER" for joins
+
+    @property
+    def schema(self) -> str | None:
+        """The schema the rule names, or None (the connection's default)."""
+        return names.schema_of(self.name)
+
+    @property
+    def table(self) -> str:
+        return names.table_of(self.name)
 
 
 @dataclass(slots=True)
@@ -65,10 +75,21 @@ def line_of(node: exp.Expr | None) -> int | None:
     return None
 
 
-def _table_name(t: exp.Table) -> str:
-    parts = [p for p in (t.args.get("catalog"), t.args.get("db")) if p is not None]
-    names = [p.name for p in parts] + [t.name]
-    return ".".join(names)
+def table_name(t: exp.Table, dialect: str) -> str:
+    """The table's name text (cdc.names) from the parsed parts, never from a
+    dotted string: ``"a.b"`` stays one table, ``s."t.b"`` is table ``t.b`` in
+    ``s``.  A catalog (database) part, which PostgreSQL allows, is dropped.
+    PostgreSQL folds an unquoted name to lower case, so a rule in its dialect
+    does too (``FROM Orders`` reads ``orders``); MySQL keeps names as written."""
+    def part(i: exp.Identifier) -> str:
+        if dialect == "postgres" and not i.quoted:
+            return i.name.lower()
+        return i.name
+
+    db = t.args.get("db")
+    this = t.this
+    name = part(this) if isinstance(this, exp.Identifier) else t.name
+    return names.qualified(part(db) if isinstance(db, exp.Identifier) else None, name)
 
 
 def load_rules(directory: Path, default_dialect: str,
@@ -135,7 +156,7 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
         target_node = target_node.this
     if not isinstance(target_node, exp.Table):
         raise fail("INSERT INTO must name a target table", tree)
-    target = TableRef(_table_name(target_node), target_node.name, line_of(target_node) or 1)
+    target = TableRef(table_name(target_node, dialect), target_node.name, line_of(target_node) or 1)
 
     select = tree.expression
     if isinstance(select, exp.Subquery):
@@ -170,7 +191,7 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
         raise fail("FROM must name the source table directly (no subquery or function)", src)
     if len(from_.expressions or []) > 0:
         raise fail("FROM a, b (comma joins) is not supported: use JOIN … ON", from_)
-    source = TableRef(_table_name(src), src.alias_or_name, line_of(src) or 1)
+    source = TableRef(table_name(src, dialect), src.alias_or_name, line_of(src) or 1)
 
     lookups = []
     for j in select.args.get("joins") or []:
@@ -184,7 +205,7 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
                        "preserved side (use JOIN or LEFT JOIN)", j)
         if j.args.get("on") is None and not j.args.get("using"):
             raise fail("JOIN needs an ON or USING condition", j)
-        lookups.append(TableRef(_table_name(t), t.alias_or_name, line_of(t) or 1, side or "INNER"))
+        lookups.append(TableRef(table_name(t, dialect), t.alias_or_name, line_of(t) or 1, side or "INNER"))
 
     aliases = [source.alias.lower()] + [lk.alias.lower() for lk in lookups]
     if len(set(aliases)) != len(aliases):

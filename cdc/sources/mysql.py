@@ -29,7 +29,7 @@ from pymysqlreplication.event import (
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 from sqlglot import exp
 
-from cdc import catalog
+from cdc import catalog, names
 from cdc.catalog import TableSchema
 from cdc.config import DatabaseUrl
 from cdc.errors import ConnectionLost, SourceError, TerminalError
@@ -142,6 +142,15 @@ class MySQLSource:
                 self._conn.close()
         self._conn = None
 
+    def _table_keys(self) -> dict[str, str]:
+        """The binlog's table names (the URL's database only) -> the names the rules use."""
+        out: dict[str, str] = {}
+        for t in self.tables:
+            schema, table = names.split(t, self.url.database)
+            if schema == self.url.database:
+                out.setdefault(table, t)
+        return out
+
     @_guarded
     def table(self, name: str) -> TableSchema | None:
         return catalog.mysql_table(self.conn(), self.url.database, name)
@@ -231,6 +240,7 @@ class MySQLSource:
                                          "committed position")
             return pymysql.connect(**kw)
 
+        keys = self._table_keys()
         settings = {"host": self.url.host, "port": self.url.port, "user": self.url.user,
                     "passwd": self.url.password, "connect_timeout": int(self.connect_timeout)}
         stream = BinLogStreamReader(
@@ -241,7 +251,7 @@ class MySQLSource:
             log_file=start.file,
             log_pos=start.pos,
             only_schemas=[self.url.database],
-            only_tables=self.tables or None,
+            only_tables=list(keys) or None,
             only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent,
                          QueryEvent, RotateEvent, HeartbeatLogEvent],
             slave_heartbeat=min(1.0, self.heartbeat_seconds),
@@ -250,7 +260,6 @@ class MySQLSource:
         )
         changes: list[RowChange] = []
         last_yield = time.monotonic()
-        tables = set(self.tables)
         try:
             while not stop.is_set():
                 try:
@@ -262,8 +271,9 @@ class MySQLSource:
                 if ev is None:
                     continue
                 if isinstance(ev, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
-                    table = ev.table
-                    if tables and table not in tables:
+                    table = (keys.get(ev.table) if self.tables
+                             else names.qualified(None, ev.table))
+                    if table is None:
                         continue
                     rows = ev.rows
                     if self._date_events.get(table) is not ev.columns:

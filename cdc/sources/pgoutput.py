@@ -25,6 +25,7 @@ from psycopg import adapt, postgres
 from psycopg.adapt import AdaptersMap
 from psycopg.pq import Format
 
+from cdc import names
 from cdc.errors import SourceError
 from cdc.events import COPY_NULL, UNCHANGED, RowChange
 
@@ -108,10 +109,10 @@ class Relation:
 
     @property
     def qualified_name(self) -> str:
-        """The name as rules write it: bare in ``public``, ``schema.name`` elsewhere."""
-        if self.namespace in ("public", ""):
-            return self.name
-        return f"{self.namespace}.{self.name}"
+        """The name as rules write it (cdc.names): bare in ``public``, ``schema.name``
+        elsewhere, a part holding a dot or a quote double-quoted."""
+        return names.qualified(None if self.namespace in ("public", "") else self.namespace,
+                               self.name)
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import DiagnosticField, ExecStatus
 
-from cdc import catalog
+from cdc import catalog, names
 from cdc.catalog import TableSchema, split_name
 from cdc.errors import CdcError, ConnectionLost, SourceError
 from cdc.events import TextRows, Transaction, truncate_change
@@ -315,11 +315,18 @@ class PostgresSource:
         name = sql.Identifier(self.publication)
         idents = sql.SQL(", ").join(sql.Identifier(*split_name(t, "public")) for t in want)
         doing = f"creating publication {self.publication}"
+        self._align_partition_identity()
+        # Changes to a partition then arrive under the root's name (and relation
+        # OID), which is the table the rules read; without it they would come as
+        # the partitions' own names and match no rule.
+        via_root = self._has_via_root()
         try:
             if not pub:
                 stmt = sql.SQL("CREATE PUBLICATION {}").format(name)
                 if want:
                     stmt = sql.SQL("{} FOR TABLE {}").format(stmt, idents)
+                if via_root:
+                    stmt = sql.SQL("{} WITH (publish_via_partition_root = true)").format(stmt)
                 self._ddl(stmt, doing)
                 log.info("created publication %s for %s", self.publication, ", ".join(want))
                 return
@@ -327,11 +334,16 @@ class PostgresSource:
             if not all_ops:
                 self._ddl(sql.SQL("ALTER PUBLICATION {} SET (publish = "
                                   "'insert, update, delete, truncate')").format(name), doing)
+            if via_root and not self.publishes_via_root():
+                self._ddl(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)"
+                                  ).format(name), doing)
+                log.info("publication %s now publishes partitions' changes under their root "
+                         "table", self.publication)
             if all_tables:
-                log.info("publication %s is FOR ALL TABLES; leaving it as it is",
+                log.info("publication %s is FOR ALL TABLES; leaving its tables as they are",
                          self.publication)
                 return
-            have = set(self._published())
+            have = set(self.published_tables())
             if have == set(want):
                 return
             if want:
@@ -345,6 +357,71 @@ class PostgresSource:
         except psycopg.errors.DuplicateObject:
             # Another `cdc setup` made it meanwhile; converge on the next run.
             return
+
+    def _has_via_root(self) -> bool:
+        """Whether the server has ``publish_via_partition_root`` (PostgreSQL >= 13)."""
+        return int(self._query("SELECT current_setting('server_version_num')::int")[0][0]) >= 130000
+
+    def publishes_via_root(self) -> bool | None:
+        """The publication's ``publish_via_partition_root``; None when it does not exist."""
+        if not self._has_via_root():
+            return False
+        rows = self._query("SELECT pubviaroot FROM pg_publication WHERE pubname = %s",
+                           (self.publication,))
+        return bool(rows[0][0]) if rows else None
+
+    def partitioned_tables(self) -> list[str]:
+        """The configured tables that are partitioned (relkind 'p')."""
+        out = []
+        for t in self.tables:
+            schema, name = split_name(t, "public")
+            if self._query("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                           " WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'p'",
+                           (schema, name)):
+                out.append(t)
+        return out
+
+    def partition_identity_problems(self) -> list[tuple[str, str, str, bool]]:
+        """Partitions whose replica identity does not give what their root promises.
+
+        PostgreSQL logs an update or delete with the identity of the partition
+        the row is in, and ``ALTER TABLE root REPLICA IDENTITY FULL`` does not
+        reach the partitions (nor partitions attached later).  So a root with
+        FULL needs FULL on every partition, and every partition needs some
+        identity, or its updates fail on the source.  Returns (root, partition,
+        fix, whether the root is FULL) for each.
+        """
+        out = []
+        for t in self.tables:
+            schema, name = split_name(t, "public")
+            rows = self._query(
+                "SELECT c.relreplident, l.relreplident, ln.nspname, l.relname,"
+                " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = l.oid"
+                "  AND (i.indisprimary OR i.indisreplident))"
+                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " JOIN LATERAL pg_partition_tree(c.oid) p ON p.isleaf"
+                " JOIN pg_class l ON l.oid = p.relid JOIN pg_namespace ln ON ln.oid = l.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'p'"
+                " ORDER BY ln.nspname, l.relname", (schema, name))
+            for root_ident, leaf_ident, leaf_schema, leaf, has_key in rows:
+                root_ident, leaf_ident = _text(root_ident), _text(leaf_ident)
+                if leaf_ident == "f":
+                    continue
+                if root_ident == "f" or leaf_ident == "n" or (leaf_ident == "d" and not has_key):
+                    out.append((t, _display(leaf_schema, leaf),
+                                f"ALTER TABLE {_quote_qualified(leaf_schema, leaf)} "
+                                "REPLICA IDENTITY FULL;", root_ident == "f"))
+        return out
+
+    def _align_partition_identity(self) -> None:
+        """Give each partition of a REPLICA IDENTITY FULL root the same identity."""
+        for root, leaf, _fix, root_full in self.partition_identity_problems():
+            if not root_full:
+                continue  # no identity to copy: the DBA chooses one (doctor says how)
+            leaf_schema, leaf_name = split_name(leaf, "public")
+            self._ddl(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(
+                sql.Identifier(leaf_schema, leaf_name)), f"setting the replica identity of {leaf}")
+            log.info("partition %s of %s now has REPLICA IDENTITY FULL, like its root", leaf, root)
 
     def _ddl(self, stmt: sql.Composed, doing: str) -> None:
         with self._lock:
@@ -388,7 +465,8 @@ class PostgresSource:
             out[t] = oid
         return out
 
-    def _published(self) -> list[str]:
+    def published_tables(self) -> list[str]:
+        """The tables pg_publication_tables lists (the roots with publish_via_partition_root)."""
         rows = self._query("SELECT schemaname, tablename FROM pg_publication_tables"
                            " WHERE pubname = %s", (self.publication,))
         return [_display(s, t) for s, t in rows]
@@ -493,8 +571,21 @@ class PostgresSource:
         if not pub:
             raise SourceError(f"{self._where}: publication {self.publication!r} does not exist",
                               fix="run `cdc setup`")
+        partitioned = self.partitioned_tables()
+        if partitioned and not self.publishes_via_root():
+            # The partitions' changes would arrive under their own names and
+            # match no rule: stop rather than stream past them.
+            raise SourceError(
+                f"{self._where}: publication {self.publication!r} publishes the partitions of "
+                f"{', '.join(partitioned)} under their own names "
+                "(publish_via_partition_root is off)",
+                fix=f"ALTER PUBLICATION {_quote_ident(self.publication)} SET "
+                    "(publish_via_partition_root = true); (or run `cdc setup`)")
+        for root, leaf, fix, _full in self.partition_identity_problems():
+            log.warning("partition %s of %s lacks the replica identity its updates and deletes "
+                        "need; fix: %s (or run `cdc setup`)", leaf, root, fix)
         if not pub[0][0]:
-            have = set(self._published())
+            have = set(self.published_tables())
             missing = [t for t in self.tables if t not in have]
             if missing:
                 tables = ", ".join(_quote_qualified(*split_name(t, "public")) for t in missing)
@@ -821,7 +912,7 @@ class PostgresSource:
 
 
 def _display(schema: str, name: str) -> str:
-    return name if schema == "public" else f"{schema}.{name}"
+    return names.qualified(None if schema == "public" else schema, name)
 
 
 def _quote_ident(name: str) -> str:

@@ -36,7 +36,7 @@ from cdc.deadletter import MYSQL_ROW_ERRORS, DeadLetter, change_to_json
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
 from cdc.events import RowChange, TextRows, is_zero_date_text
 from cdc.positions import Position, decode_position
-from cdc.rules.compile import KIND, PARTIAL, SEQ, CompiledRule, StageTable, ident
+from cdc.rules.compile import KIND, PARTIAL, SEQ, CompiledRule, StageTable, ident, table_sql
 from cdc.sources.mysql import classify as classify_connect
 from cdc.targets import isolate, steps
 
@@ -721,7 +721,7 @@ class MySQLTarget:
                        truncate: list[str]) -> None:
         with self.transaction() as tx:
             for t in truncate:
-                tx.execute(f"DELETE FROM {ident(t, 'mysql')}")  # noqa: S608 - quoted
+                tx.execute(f"DELETE FROM {table_sql(t, 'mysql')}")  # noqa: S608 - quoted
             tx.execute(
                 "INSERT INTO cdc_snapshot_tables (pipeline, table_name, state, where_clause,"
                 " last_key, rows_done, rows_estimated, chunks_done, started_at, finished_at)"

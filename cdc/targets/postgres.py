@@ -18,7 +18,7 @@ from psycopg import sql
 
 from cdc import bookkeeping, catalog
 from cdc.batch import Batch, Converter, stage_rows
-from cdc.catalog import TableSchema
+from cdc.catalog import TableSchema, split_name
 from cdc.config import Config, DatabaseUrl
 from cdc.deadletter import DeadLetter, change_to_json, pg_is_row_error
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
@@ -619,7 +619,7 @@ class PostgresTarget:
         with conn.transaction():
             for t in truncate:
                 conn.execute(sql.SQL("DELETE FROM {}").format(
-                    sql.Identifier(*t.split(".", 1))))
+                    sql.Identifier(*split_name(t, "public"))))
             conn.execute(
                 "INSERT INTO cdc.snapshot_tables AS s (pipeline, table_name, state, where_clause,"
                 " last_key, rows_done, rows_estimated, chunks_done, started_at, finished_at)"
