@@ -189,6 +189,12 @@ class Guard:
             if tx.heartbeat:
                 continue
             pos = tx.position.encode()
+            for table, columns in (tx.extra.get("relations") or {}).items():
+                needs = self.needs.get(table)
+                if needs is not None and table not in self.paused:
+                    # The whole transaction's changes of the table are parked:
+                    # a few before an ALTER in the same transaction may be too.
+                    self._judge_types(table, needs, columns, pos, parking)
             if tx.text:
                 keep_text = []
                 for t in tx.text:
@@ -236,11 +242,42 @@ class Guard:
         what = (f"rule {culprit} reads column(s) {', '.join(sorted(missing))} of source "
                 f"table {table}, which its changes no longer carry (dropped or renamed"
                 + (f"; the source now has {', '.join(new)}" if new else "") + ")")
+        return self._pause(table, needs, what, bool(blocking), position, parking)
+
+    def _judge_types(self, table: str, needs: _Needs, columns: tuple[tuple[str, int], ...],
+                     position: str, parking: Parking) -> bool:
+        """A PostgreSQL Relation message's (name, type OID) pairs: True when a
+        column a rule reads changed type since the plan was built.
+
+        Conservative: any other type OID pauses, even a widening the staging
+        might hold; a reload rebuilds the staging from the new type.  (A
+        changed length or precision alone keeps the OID and is not caught
+        here: a value that no longer fits becomes a dead letter.)
+        """
+        stage = self.plan.stages.get(table)
+        if stage is None:
+            return False
+        was = {c.name: c for c in stage.source.columns}
+        changed = [(n, was[n], oid) for n, oid in columns
+                   if n in needs.read and n in was and was[n].type_oid
+                   and was[n].type_oid != oid]
+        if not changed:
+            return False
+        blocking = any(n in needs.pause for n, _, _ in changed)
+        names = {n for n, _, _ in changed}
+        culprit = next(r for r, cols, m in needs.rules if cols & names
+                       and (m == "pause" or not blocking))
+        what = (f"rule {culprit} reads column(s) of source table {table} whose type changed: "
+                + ", ".join(f"{n} {c.type} -> {_type_name(oid)}" for n, c, oid in changed))
+        return self._pause(table, needs, what, blocking, position, parking)
+
+    def _pause(self, table: str, needs: _Needs, what: str, blocking: bool, position: str,
+               parking: Parking) -> bool:
         if not blocking:
             if table not in self.lenient_logged:
                 self.lenient_logged.add(table)
-                log.warning("schema change: %s; schema_changes: lenient writes NULL for it",
-                            what)
+                log.warning("schema change: %s; schema_changes: lenient goes on (NULL for a "
+                            "vanished column)", what)
             return False
         reason = f"{what}, from {position}"
         rules = ",".join(r for r, _, _ in needs.rules)
@@ -326,3 +363,10 @@ def drain(config: Config, source: Any, target: Any, plan: Plan, guard: Guard) ->
                 log.warning("source table %s resumed: %d parked changes applied through the "
                             "reloaded rules", table, applied)
                 break
+
+
+def _type_name(oid: int) -> str:
+    from psycopg.postgres import types
+
+    info = types.get(oid)
+    return info.name if info is not None else f"type OID {oid}"

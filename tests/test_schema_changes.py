@@ -218,3 +218,47 @@ def test_lenient_writes_null(tmp_path: Path, make_pg_db: Any, where: str) -> Non
         assert lag(cfg)["paused"] == []
     finally:
         _teardown(cfg)
+
+
+@pytest.mark.parametrize("t_kind", ["postgresql", "mysql"])
+def test_type_change_of_read_column_pauses_until_reload(tmp_path: Path, make_pg_db: Any,
+                                                        make_mysql_db: Any, t_kind: str) -> None:
+    """PostgreSQL's Relation message carries type OIDs: a read column changing
+    type pauses (conservatively, even a widening); a reload rebuilds the
+    staging from the new type and the parked changes apply."""
+    src = make_pg_db()
+    tgt = make_pg_db() if t_kind == "postgresql" else make_mysql_db()
+    for s in SRC_DDL["postgresql"]:
+        src.execute(s)
+    for s in TGT_DDL[t_kind]:
+        tgt.execute(s)
+    cfg = write_pipeline(tmp_path, src.url, tgt.url,
+                         {"u_rule": U_RULE.format(col="v"), "other_rule": OTHER_RULE},
+                         name=f"ty_{src.name}")
+    cdc("setup", "-c", str(cfg))
+    log = tmp_path / "run.log"
+    daemon = DaemonProcess(cfg, log)
+    daemon.start()
+    try:
+        src.execute("INSERT INTO u (id, v, note) VALUES (1, 1, 'a'), (2, 2, 'b')")
+        wait_caught_up(load(cfg))
+        src.execute("ALTER TABLE u ALTER COLUMN v TYPE bigint")
+        src.execute("UPDATE u SET v = 1000000 WHERE id = 1")
+        src.execute("INSERT INTO other VALUES (1, 1)")
+        wait_caught_up(load(cfg))
+        assert target_other(tgt) == [(1, 1)]
+        assert target_u(tgt) == [(1, 2, "a"), (2, 4, "b")]
+        report = lag(cfg)
+        assert [(p["rule"], p["parked"]) for p in report["paused"]] == [("u_rule", 1)]
+        assert "v integer -> int8" in report["paused"][0]["reason"]
+        # The same rule, reloaded: planned against bigint now.
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "source table u resumed" in log.read_text())
+        src.execute("UPDATE u SET v = 7 WHERE id = 2")
+        wait_caught_up(load(cfg))
+        assert target_u(tgt) == [(1, 2000000, "a"), (2, 14, "b")]
+        assert lag(cfg)["paused"] == []
+    finally:
+        assert daemon.terminate() == 0, log.read_text()[-3000:]
+        _teardown(cfg)

@@ -579,6 +579,9 @@ class PostgresSource:
         truncated: list[str] = []
         heartbeat_msg = False
         origin: str | None = None
+        # Column names and type OIDs of the Relation messages of this
+        # transaction (cdc.pause compares them with the plan's).
+        relations: dict[str, tuple[tuple[str, int], ...]] = {}
         last_pos = resume.value  # highest safe resume point seen
         server_end = 0  # sentPtr from the latest keepalive
         last_yield = time.monotonic()
@@ -696,6 +699,7 @@ class PostgresSource:
                                             else info.names))
                 elif isinstance(msg, Begin):
                     changes, truncated, heartbeat_msg, origin = [], [], False, None
+                    relations = {}
                     packed_cols = {} if self.packed else None
                     unchanged = False
                     segs, text_ok = {}, self.copy_text
@@ -708,6 +712,8 @@ class PostgresSource:
                         extra: dict[str, Any] = {"truncate": truncated} if truncated else {}
                         # Lets cdc.toast skip scanning every row of this transaction.
                         extra["unchanged"] = unchanged
+                        if relations:
+                            extra["relations"] = relations
                         if origin is not None:
                             extra["origin"] = origin
                         last_yield = now
@@ -734,6 +740,9 @@ class PostgresSource:
                             fix="rename it back, or update the rules and the config, then "
                                 "run `cdc setup`")
                     self._resolve_types(decoder, msg)
+                    if msg.qualified_name in tables:
+                        relations[msg.qualified_name] = tuple(
+                            (c.name, c.type_oid) for c in msg.columns)
                 elif isinstance(msg, Origin):
                     # Set when the writer used a replication origin (e.g. the
                     # reverse pipeline): lets a bidirectional setup skip its echoes.
