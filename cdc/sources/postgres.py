@@ -582,6 +582,7 @@ class PostgresSource:
         # Column names and type OIDs of the Relation messages of this
         # transaction (cdc.pause compares them with the plan's).
         relations: dict[str, tuple[tuple[str, int], ...]] = {}
+        shapes: dict[int, tuple[tuple[str, int], ...]] = {}
         last_pos = resume.value  # highest safe resume point seen
         server_end = 0  # sentPtr from the latest keepalive
         last_yield = time.monotonic()
@@ -740,9 +741,12 @@ class PostgresSource:
                             fix="rename it back, or update the rules and the config, then "
                                 "run `cdc setup`")
                     self._resolve_types(decoder, msg)
-                    if msg.qualified_name in tables:
-                        relations[msg.qualified_name] = tuple(
-                            (c.name, c.type_oid) for c in msg.columns)
+                    shape = tuple((c.name, c.type_oid) for c in msg.columns)
+                    if msg.qualified_name in tables and shapes.get(msg.oid, shape) != shape:
+                        # Changed since this session's first one (which the
+                        # plan, built from the catalog at start, already knows).
+                        relations[msg.qualified_name] = shape
+                    shapes[msg.oid] = shape
                 elif isinstance(msg, Origin):
                     # Set when the writer used a replication origin (e.g. the
                     # reverse pipeline): lets a bidirectional setup skip its echoes.

@@ -713,8 +713,9 @@ class MySQLTarget:
              rows: Sequence[tuple[str, int, str, str, str]]) -> None:
         """See ``PostgresTarget.park``."""
         for table, rules, reason, position in paused:
-            tx.execute("INSERT IGNORE INTO cdc_paused (pipeline, source_table, rules, reason,"
-                       " since_position) VALUES (%s, %s, %s, %s, %s)",
+            tx.execute("INSERT INTO cdc_paused (pipeline, source_table, rules, reason,"
+                       " since_position) VALUES (%s, %s, %s, %s, %s)"
+                       " ON DUPLICATE KEY UPDATE source_table = source_table",
                        (self.pipeline, table, rules, reason, position))
         if rows:
             head = ("INSERT INTO cdc_parked_changes (pipeline, source_table, seq, position,"
