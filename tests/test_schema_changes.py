@@ -262,3 +262,45 @@ def test_type_change_of_read_column_pauses_until_reload(tmp_path: Path, make_pg_
     finally:
         assert daemon.terminate() == 0, log.read_text()[-3000:]
         _teardown(cfg)
+
+
+def test_paused_rule_metric_and_lag_check(tmp_path: Path, mysql_db: Any, pg_db: Any) -> None:
+    import urllib.request
+
+    from cdc.devservers import free_port
+
+    for s in SRC_DDL["mysql"]:
+        mysql_db.execute(s)
+    for s in TGT_DDL["postgresql"]:
+        pg_db.execute(s)
+    port = free_port()
+    cfg = write_pipeline(tmp_path, mysql_db.url, pg_db.url,
+                         {"u_rule": U_RULE.format(col="v"), "other_rule": OTHER_RULE},
+                         extra=f"metrics:\n  address: 127.0.0.1:{port}\n")
+    cdc("setup", "-c", str(cfg))
+    log = tmp_path / "run.log"
+    daemon = DaemonProcess(cfg, log)
+    daemon.start()
+
+    def metric() -> str:
+        try:
+            body: str = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2
+                                               ).read().decode()
+        except OSError:
+            return ""
+        return next((ln for ln in body.splitlines() if ln.startswith("cdc_paused_rules{")), "")
+
+    try:
+        mysql_db.execute("INSERT INTO u (id, v, note) VALUES (1, 1, 'a')")
+        wait_caught_up(load(cfg))
+        wait_for(lambda: metric() == 'cdc_paused_rules{pipeline="p"} 0.0')
+        assert cdc("lag", "-c", str(cfg), "--max-seconds", "3600").returncode == 0
+        mysql_db.execute("ALTER TABLE u DROP COLUMN v")
+        mysql_db.execute("UPDATE u SET note = 'b' WHERE id = 1")
+        wait_caught_up(load(cfg))
+        wait_for(lambda: metric() == 'cdc_paused_rules{pipeline="p"} 1.0')
+        check = cdc("lag", "-c", str(cfg), "--max-seconds", "3600", check=False)
+        assert check.returncode == 1 and "PAUSED rule u_rule" in check.stdout
+        assert pg_db.query("SELECT id, v2, note FROM t_u") == [(1, 2, "a")]
+    finally:
+        assert daemon.terminate() == 0, log.read_text()[-3000:]
