@@ -19,7 +19,12 @@ from typing import Any
 import pytest
 from pipeline_helpers import DaemonProcess, PipelineThread, cdc, wait_caught_up, write_pipeline
 
-from cdc.config import load
+from cdc.catalog import Column, TableSchema
+from cdc.config import Config, RuleOptions, load
+from cdc.pause import Guard, read_columns
+from cdc.rules.bind import bind
+from cdc.rules.compile import compile_rule, stage_table
+from cdc.rules.parse import parse_rule
 
 SRC_DDL = {
     "mysql": ["CREATE TABLE u (id INT PRIMARY KEY, v INT, note VARCHAR(40), spare INT)",
@@ -36,6 +41,62 @@ TGT_DDL = {
 U_RULE = "INSERT INTO t_u (id, v2, note)\nSELECT u.id, u.{col} * 2, u.note FROM u AS u\n"
 OTHER_RULE = "INSERT INTO t_other (id, x) SELECT o.id, o.x FROM other AS o\n"
 DIRECTIONS = [("mysql", "postgresql"), ("postgresql", "postgresql"), ("postgresql", "mysql")]
+
+
+def _compiled(sql: str, options: RuleOptions | None = None) -> Any:
+    src = TableSchema("db", "u", tuple(Column(c, "int", True, "int") for c in
+                                       ("id", "v", "note", "spare", "k")), ("id",))
+    tgt = TableSchema("db", "t_u", tuple(Column(c, "int", True, "int") for c in
+                                         ("id", "v2", "note")), ("id",))
+    look = TableSchema("db", "look", (Column("k", "int", True, "int"),
+                                      Column("label", "int", True, "int")), ("k",))
+    rule = parse_rule("u_rule", "u_rule.sql", sql, "mysql")
+    bound = bind(rule, src, tgt, {"look": look}, options or RuleOptions(), lambda n: n == "u")
+    return compile_rule(bound, stage_table(src, "u", 0, "mysql", "postgresql"), 0,
+                        "postgresql")
+
+
+def test_read_columns_are_what_the_rule_reads() -> None:
+    c = _compiled("INSERT INTO t_u (id, v2, note) SELECT u.id, l.label, (SELECT max(x.label) "
+                  "FROM look AS x WHERE x.k = u.spare) FROM u AS u LEFT JOIN look AS l "
+                  "ON l.k = u.k WHERE note > 0",
+                  RuleOptions(validate=("v IS NOT NULL",)))
+    # select list, a correlated subquery, the join, WHERE and validate; not the lookups'.
+    assert read_columns(c) == {"id", "spare", "k", "note", "v"}
+    assert read_columns(_compiled("INSERT INTO t_u (id, v2, note) SELECT u.id, 1, 2 FROM u AS u")
+                        ) == {"id"}
+
+
+def test_guard_parks_from_the_first_change_without_the_column() -> None:
+    from cdc.batch import Batch
+    from cdc.config import DatabaseUrl
+    from cdc.events import RowChange, Transaction
+    from cdc.plan import Plan
+    from cdc.positions import BinlogPosition
+
+    c = _compiled("INSERT INTO t_u (id, v2, note) SELECT u.id, u.v, u.note FROM u AS u")
+    url = DatabaseUrl.parse("mysql://x@h/db")
+    cfg = Config(path=Path("p.yaml"), pipeline="p", source=url, target=url, rules_dir=Path("r"))
+    plan = Plan(rules=[c], stages={"u": c.stage}, by_table={"u": [c]})
+    guard = Guard(cfg, plan, [])
+    old = {"id": 1, "v": 1, "note": 1, "spare": 1, "k": 1}
+    new = {"id": 1, "note": 2, "spare": 1, "k": 1}  # v dropped
+    key_only = {"id": 1}
+    batch = Batch()
+    for i, ch in enumerate([RowChange("u", "U", old, old), RowChange("x", "I", None, {"a": 1}),
+                            RowChange("u", "D", key_only, None, partial_before=True),
+                            RowChange("u", "U", new, new), RowChange("u", "I", None, old)]):
+        batch.add(Transaction([ch], BinlogPosition("b.1", 100 + i)))
+    parking = guard.filter(batch)
+    kept = [(ch.table, ch.op) for tx in batch.transactions for ch in tx.changes]
+    # The key-only delete is not judged; from the first image without v on,
+    # every change of u is parked, in order, even one that has v again.
+    assert kept == [("u", "U"), ("x", "I"), ("u", "D")]
+    assert batch.rows == 3
+    assert [(t, seq, op) for t, seq, _, op, _ in parking.rows] == [("u", 1, "U"), ("u", 2, "I")]
+    assert [(t, r) for t, r, _, _ in parking.paused] == [("u", "u_rule")]
+    assert "rule u_rule reads column(s) v" in parking.paused[0][2]
+    assert guard.paused_rules == 1 and "u" not in guard.live_plan().stages
 
 
 def _teardown(cfg: Path) -> None:
@@ -144,6 +205,18 @@ def test_read_column_vanishes_pauses_parks_and_resumes(pipe: tuple[Any, Any, Pat
         report = lag(cfg)
         assert [p["parked"] for p in report["paused"]] == [15], "parked once each"
         assert "stays paused" in log.read_text()
+
+        # A reload whose rule still reads a vanished column: still paused.
+        rule_file = tmp_path / "rules" / "u_rule.sql"
+        rule_file.write_text(U_RULE.format(col="nope"))
+        stays = log.read_text().count("stays paused")
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: log.read_text().count("stays paused") > stays)
+        assert "no column 'nope'" in log.read_text().split("reload requested")[-1]
+        wait_caught_up(load(cfg))
+        assert [p["parked"] for p in lag(cfg)["paused"]] == [15]
+        assert target_u(tgt) == before
 
         # Fix the rule, reload: the parked changes apply in order, then the stream.
         fixed = "-1" if change == "drop" else "u.w * 2"
