@@ -318,7 +318,36 @@ class Guard:
         p = self.paused[ch.table]
         p.last_seq += 1
         p.parked += 1
-        parking.rows.append((ch.table, p.last_seq, position, ch.op, change_to_json(ch)))
+        parking.rows.append((ch.table, p.last_seq, position, ch.op, encode_change(ch)))
+
+
+# Parked changes use the dead letters' JSON form, plus a tag for MySQL SET
+# values, which that form turns into lists (the targets stage a set and a list
+# differently; a dead letter is retried from the source row, a parked change
+# is applied as it is).
+_SET = "$set"
+
+
+def encode_change(ch: RowChange) -> str:
+    def image(values: dict[str, Any] | None) -> dict[str, Any] | None:
+        if values is None or not any(isinstance(v, set | frozenset) for v in values.values()):
+            return values
+        return {k: {_SET: sorted(v)} if isinstance(v, set | frozenset) else v
+                for k, v in values.items()}
+
+    return change_to_json(RowChange(ch.table, ch.op, image(ch.before), image(ch.after),
+                                    ch.partial_before))
+
+
+def decode_change(table: str, op: str, data: str) -> RowChange:
+    ch = change_from_json(table, op, data)
+    for values in (ch.before, ch.after):
+        if values is None:
+            continue
+        for k, v in values.items():
+            if isinstance(v, dict) and len(v) == 1 and _SET in v:
+                values[k] = set(v[_SET])
+    return ch
 
 
 def drain(config: Config, source: Any, target: Any, plan: Plan, guard: Guard) -> None:
@@ -347,7 +376,7 @@ def drain(config: Config, source: Any, target: Any, plan: Plan, guard: Guard) ->
         while True:
             rows = target.parked_changes(table, after, config.batch_max_rows)
             changes: list[tuple[int, str, RowChange]] = [
-                (seq, pos, change_from_json(table, op, data)) for seq, pos, op, data in rows]
+                (seq, pos, decode_change(table, op, data)) for seq, pos, op, data in rows]
             stuck = None
             for i, (_, _, ch) in enumerate(changes):
                 got = lacking(ch, needs.pause)

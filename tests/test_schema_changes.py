@@ -377,3 +377,23 @@ def test_paused_rule_metric_and_lag_check(tmp_path: Path, mysql_db: Any, pg_db: 
         assert pg_db.query("SELECT id, v2, note FROM t_u") == [(1, 2, "a")]
     finally:
         assert daemon.terminate() == 0, log.read_text()[-3000:]
+
+
+def test_parked_form_keeps_values() -> None:
+    from datetime import UTC, date, datetime, timedelta
+    from decimal import Decimal
+
+    from cdc.events import UNCHANGED, RowChange
+    from cdc.pause import decode_change, encode_change
+
+    after = {"id": 1, "d": Decimal("1.50"), "nan": Decimal("NaN"), "f": float("inf"),
+             "b": b"\x00\x00", "s": {"a", "b"}, "e": set(), "t": datetime(2024, 1, 2, tzinfo=UTC),
+             "day": date(2024, 2, 29), "dur": timedelta(hours=-1, seconds=3),
+             "j": {"k": [1, "x"]}, "arr": ["a", None], "u": UNCHANGED, "n": None, "txt": "Zoë"}
+    ch = RowChange("u", "U", {"id": 1}, after, True)
+    back = decode_change("u", "U", encode_change(ch))
+    assert back.before == {"id": 1} and back.partial_before
+    assert back.after is not None
+    nan = back.after.pop("nan")
+    assert isinstance(nan, Decimal) and nan.is_nan()
+    assert back.after == {k: v for k, v in after.items() if k != "nan"}
