@@ -339,6 +339,10 @@ def lag_report(cfg: Config) -> dict[str, Any]:
     target = open_target(cfg)
     try:
         st = target.read_status()
+        try:
+            paused = target.paused_tables()
+        except CdcError:  # bookkeeping older than paused tables: `cdc setup` says so
+            paused = []
     finally:
         target.close()
     source_pos = None
@@ -394,6 +398,11 @@ def lag_report(cfg: Config) -> dict[str, Any]:
         "heartbeat_age_seconds": None if heartbeat_age is None else round(heartbeat_age, 1),
         "pid": st.get("pid"),
         "host": st.get("host"),
+        # Rules whose source table a schema change paused (cdc.pause).
+        "paused": [{"rule": rule, "table": p["table"], "reason": p["reason"],
+                    "since": p["since"].isoformat() if p.get("since") else None,
+                    "parked": int(p["parked"])}
+                   for p in paused for rule in p["rules"].split(",")],
     }
     if source_error:
         report["source_error"] = source_error
@@ -427,6 +436,9 @@ def lag(config_path: str, as_json: bool, watch: bool, interval: float,
                        f"{'unknown' if sb is None else f'{sb:.1f}s'} behind, "
                        f"applied {r['applied_position']} of {r['source_position']}, "
                        f"{r['rows_applied']} rows applied, {r['dead_letters']} dead letters")
+            for p in r["paused"]:
+                click.echo(f"  PAUSED rule {p['rule']} (source table {p['table']}) since "
+                           f"{p['since']}, {p['parked']} changes parked: {p['reason']}")
         if not watch:
             break
         time.sleep(interval)
@@ -562,6 +574,12 @@ def status(config_path: str, as_json: bool) -> None:
         click.echo(json.dumps(r, default=str))
         return
     for k, v in r.items():
+        if k == "paused":
+            click.echo(f"{k:>26}: {len(v) or ''}")
+            for p in v:
+                click.echo(f"{'':>28}rule {p['rule']} (source table {p['table']}) since "
+                           f"{p['since']}, {p['parked']} changes parked: {p['reason']}")
+            continue
         click.echo(f"{k:>26}: {'' if v is None else v}")
 
 

@@ -34,10 +34,12 @@ _RULE_OPTIONS: dict[str, Any] = {
     "dialect": _STR,
     "validate": (list, str),
     "enabled": _BOOL,
+    "schema_changes": _STR,
 }
 
 SCHEMA: dict[str, Any] = {
     "pipeline": _STR,
+    "schema_changes": _STR,
     "source": {
         "url": _STR,
         "server_id": _INT,
@@ -88,6 +90,8 @@ SCHEMA: dict[str, Any] = {
 REQUIRED = ("pipeline", "source.url", "target.url", "rules")
 ON_DELETE = ("delete", "ignore", "soft")
 ON_TRUNCATE = ("truncate", "ignore")
+# What a source schema change that a rule cannot follow does (cdc.pause).
+SCHEMA_CHANGES = ("pause", "lenient")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +207,8 @@ class RuleOptions:
     # None: not set; a source TRUNCATE empties the target table (cdc.plan
     # refuses that default where several rules write one target table).
     on_truncate: str | None = None
+    # None: the pipeline's ``schema_changes`` (Config.schema_changes_for).
+    schema_changes: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +242,14 @@ class Config:
     zero_dates: str = "null"
     out_of_range: str = "dead_letter"
     lag_max_seconds: float | None = None
+    schema_changes: str = "pause"
 
     def options_for(self, rule_name: str) -> RuleOptions:
         return self.rule_options.get(rule_name, RuleOptions())
+
+    def schema_changes_for(self, rule_name: str) -> str:
+        """``pause`` or ``lenient`` for this rule: its own option, else the pipeline's."""
+        return self.options_for(rule_name).schema_changes or self.schema_changes
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -379,6 +390,10 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
                 f"{p}: rule_options.{rule}.on_truncate must be one of {', '.join(ON_TRUNCATE)}")
         key = o.get("key")
         validate = o.get("validate", [])
+        changes = o.get("schema_changes")
+        if changes is not None and changes not in SCHEMA_CHANGES:
+            raise ConfigError(f"{p}: rule_options.{rule}.schema_changes must be one of "
+                              f"{', '.join(SCHEMA_CHANGES)}, not {changes!r}")
         options[rule] = RuleOptions(
             key=tuple(key) if key else None,
             on_delete=on_delete,
@@ -387,6 +402,7 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
             validate=tuple([validate] if isinstance(validate, str) else validate),
             enabled=o.get("enabled", True),
             on_truncate=on_truncate,
+            schema_changes=changes,
         )
     s, t, b = d["source"], d["target"], d.get("batch", {})
     snap, retry, dlq = d.get("snapshot", {}), d.get("retry", {}), d.get("dead_letters", {})
@@ -396,6 +412,9 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
                           "'dead_letter' (set the row aside with the reason)")
     if types.get("out_of_range", "dead_letter") not in ("dead_letter",):
         raise ConfigError(f"{p}: types.out_of_range must be 'dead_letter'")
+    if d.get("schema_changes", "pause") not in SCHEMA_CHANGES:
+        raise ConfigError(f"{p}: schema_changes must be 'pause' (park a table's changes until "
+                          "its rule is fixed) or 'lenient' (write NULL for a vanished column)")
     safe = re.sub(r"[^a-z0-9_]", "_", name.lower())
     return Config(
         path=p,
@@ -427,6 +446,7 @@ def _build(p: Path, d: dict[str, Any]) -> Config:
         zero_dates=types.get("zero_dates", "null"),
         out_of_range=types.get("out_of_range", "dead_letter"),
         lag_max_seconds=d.get("lag", {}).get("max_seconds"),
+        schema_changes=d.get("schema_changes", "pause"),
     )
 
 

@@ -55,6 +55,10 @@ class Metrics:
         self.slot_retained = Gauge("cdc_slot_retained_wal_bytes",
                                    "WAL the PostgreSQL source's slot keeps (restart_lsn to now)",
                                    ["pipeline"], registry=r)
+        self.paused_rules = Gauge("cdc_paused_rules",
+                                  "Rules whose source table is paused by a schema change they "
+                                  "cannot follow (its changes are parked in the target)",
+                                  ["pipeline"], registry=r)
         self.up_gauge = Gauge("cdc_up", "1 while streaming, 0 while failing", ["pipeline"],
                               registry=r)
 
@@ -89,6 +93,9 @@ class Metrics:
 
     def set_dead_letters(self, n: int) -> None:
         self.dead_letters.labels(self.pipeline).set(n)
+
+    def set_paused_rules(self, n: int) -> None:
+        self.paused_rules.labels(self.pipeline).set(n)
 
     def set_slot_retained(self, n: int | None) -> None:
         if n is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cdc import dlq
+from cdc import dlq, pause
 from cdc.batch import Batch
 from cdc.config import Config
 from cdc.errors import CdcError, TerminalError, TransientError
@@ -130,6 +130,7 @@ class Runner:
         self.wal_warned = 0.0
         self.reload = reload or threading.Event()
         self.reloaded: Config | None = None
+        self.guard = pause.Guard(config, Plan([], {}, {}), [])
 
     def _try_reload(self) -> bool:
         """Validate the config file and rules as they are now; True to switch."""
@@ -149,7 +150,10 @@ class Runner:
             source = open_source(new, sorted({r.source.name for r in rules}))
             target = open_target(new)
             try:
-                plan = build_plan(new, source, target, rules)
+                # A paused table's rule may still read a vanished column: the
+                # table then stays paused, the rest of the reload applies.
+                paused = {p["table"] for p in target.paused_tables()}
+                plan = build_plan(new, source, target, rules, tolerate=paused)
                 for c in plan.rules:
                     target.check_rules(list(plan.stages.values()), [c])
             finally:
@@ -174,8 +178,10 @@ class Runner:
             rules = parse_rules(cfg)
             tables = sorted({r.source.name for r in rules})
             source = open_source(cfg, tables)
-            plan = build_plan(cfg, source, target, rules)
+            paused = target.paused_tables()
+            plan = build_plan(cfg, source, target, rules, tolerate={p["table"] for p in paused})
             attach_converters(plan, cfg)
+            self.guard = pause.Guard(cfg, plan, paused)
             offset = target.load_offset()
             if offset is None:
                 start = source.current_position() if cfg.source.kind == "mysql" else None
@@ -188,6 +194,9 @@ class Runner:
                 start = offset[0]
             if hasattr(source, "preflight"):
                 source.preflight(start)
+            if self.guard.paused:
+                # Parked changes come before the stream from the offset on.
+                pause.drain(cfg, source, target, plan, self.guard)
             tune_gc()
             self._loop(source, target, plan, start)
         finally:
@@ -217,6 +226,7 @@ class Runner:
                     break
                 batch, pending_error, ended = self._collect()
                 if batch.transactions:
+                    parking = self.guard.filter(batch)
                     if cfg.source.kind == "postgresql":
                         fill_unchanged(batch, plan, cfg, source)
                     last = batch.transactions[-1]
@@ -227,7 +237,8 @@ class Runner:
                     # Text values (PostgreSQL -> PostgreSQL) need no conversion.
                     staged = target.apply(batch, plan.stages, plan.by_table,
                                           {} if getattr(source, "text_values", False)
-                                          else plan.converters)
+                                          else plan.converters,
+                                          park=parking.writer(target) if parking else None)
                     elapsed = time.perf_counter() - t0
                     if hasattr(reader, "ack"):
                         reader.ack(batch.position)
@@ -247,7 +258,7 @@ class Runner:
                 now = time.monotonic()
                 if now - last_dlq >= cfg.dlq_retry_seconds:
                     last_dlq = now
-                    dlq.retry(cfg, source, target, plan, due_only=True)
+                    dlq.retry(cfg, source, target, self.guard.live_plan(), due_only=True)
                 if self.hooks.watchdog:
                     self.hooks.watchdog()
                 if now - last_status >= STATUS_SECONDS:
@@ -274,7 +285,7 @@ class Runner:
 
     def _tick(self, source: Any, target: Any) -> None:
         """Facts for metrics, and the WAL retention guard for a PostgreSQL slot."""
-        facts: dict[str, Any] = {}
+        facts: dict[str, Any] = {"paused_rules": self.guard.paused_rules}
         try:
             st = target.read_status()
             facts["dead_letters"] = int(st.get("dead_letters") or 0)

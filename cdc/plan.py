@@ -6,6 +6,7 @@ source table and the compiled rules that read it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +30,9 @@ class Plan:
     stages: dict[str, StageTable]  # by source table name
     by_table: dict[str, list[CompiledRule]]
     converters: dict[str, list[Converter | None]] = field(default_factory=dict)
+    # Paused source tables whose rules do not bind against the source as it is
+    # now (build_plan's ``tolerate``): table -> why.  Their changes stay parked.
+    unbound: dict[str, str] = field(default_factory=dict)
 
     @property
     def source_tables(self) -> list[str]:
@@ -70,7 +74,10 @@ def check_truncate_choice(config: Config, rules: list[Rule]) -> None:
 
 
 def build_plan(config: Config, source: Catalog, target: Any,
-               rules: list[Rule] | None = None) -> Plan:
+               rules: list[Rule] | None = None, tolerate: Collection[str] = ()) -> Plan:
+    """``tolerate``: source tables (paused ones, cdc.pause) whose rules may fail
+    to bind; such a table is left out of the plan, with the reason in
+    ``Plan.unbound``, instead of failing the whole plan."""
     rules = parse_rules(config) if rules is None else rules
     if not rules:
         raise TerminalError(f"{config.rules_dir}: every rule is disabled")
@@ -88,15 +95,23 @@ def build_plan(config: Config, source: Catalog, target: Any,
         return target_cache[name]
 
     bound: list[BoundRule] = []
+    unbound: dict[str, str] = {}
     for r in rules:
         lookups = {ref.name: tgt(ref.name) for ref in r.lookups}
         opts = config.options_for(r.name)
         uniques = target.unique_keys(r.target.name) if opts.key else None
-        b = bind(r, src(r.source.name), tgt(r.target.name), lookups, opts,
-                 lambda n: src(n) is not None, uniques)
-        if config.source.kind == "postgresql":
-            _require_identity(b)
-        bound.append(b)
+        try:
+            b = bind(r, src(r.source.name), tgt(r.target.name), lookups, opts,
+                     lambda n: src(n) is not None, uniques)
+            if config.source.kind == "postgresql":
+                _require_identity(b)
+            bound.append(b)
+        except RuleError as e:
+            if r.source.name not in tolerate:
+                raise
+            unbound.setdefault(r.source.name, f"rule {r.name}: {e}")
+    # A paused table is paused for every rule reading it.
+    bound = [b for b in bound if b.rule.source.name not in unbound]
 
     stages: dict[str, StageTable] = {}
     by_table: dict[str, list[CompiledRule]] = {}
@@ -113,7 +128,7 @@ def build_plan(config: Config, source: Catalog, target: Any,
         c = compile_rule(b, stages[name], i, config.target.kind)
         compiled.append(c)
         by_table.setdefault(name, []).append(c)
-    return Plan(rules=compiled, stages=stages, by_table=by_table)
+    return Plan(rules=compiled, stages=stages, by_table=by_table, unbound=unbound)
 
 
 def _require_identity(b: BoundRule) -> None:

@@ -102,6 +102,8 @@ class Service:
             if "dead_letters" in facts:
                 self.metrics.set_dead_letters(facts["dead_letters"])
             self.metrics.set_slot_retained(facts.get("slot_retained_wal_bytes"))
+            if "paused_rules" in facts:
+                self.metrics.set_paused_rules(facts["paused_rules"])
         if "seconds_behind" in facts:
             notify(f"STATUS=streaming, {facts['seconds_behind']:.0f}s behind, "
                    f"{facts.get('dead_letters', 0)} dead letters", self.env)

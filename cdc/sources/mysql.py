@@ -304,8 +304,11 @@ class MySQLSource:
                         last_yield = now
                 elif isinstance(ev, QueryEvent):
                     q = _query_text(ev)
-                    truncated = [t for t in truncated_tables(ev, self.url.database)
-                                 if not tables or t in tables]
+                    # Bare names in the URL's database -> the names the rules use.
+                    truncated = [n for n in ((keys.get(t) if self.tables
+                                              else names.qualified(None, t))
+                                             for t in truncated_tables(ev, self.url.database))
+                                 if n is not None]
                     if truncated:
                         # TRUNCATE commits implicitly: a transaction of its own,
                         # after any row changes still open before it.

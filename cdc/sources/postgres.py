@@ -671,6 +671,10 @@ class PostgresSource:
         truncated = False
         heartbeat_msg = False
         origin: str | None = None
+        # Column names and type OIDs of the Relation messages of this
+        # transaction (cdc.pause compares them with the plan's).
+        relations: dict[str, tuple[tuple[str, int], ...]] = {}
+        shapes: dict[int, tuple[tuple[str, int], ...]] = {}
         last_pos = resume.value  # highest safe resume point seen
         server_end = 0  # sentPtr from the latest keepalive
         last_yield = time.monotonic()
@@ -790,6 +794,7 @@ class PostgresSource:
                                             else info.names))
                 elif isinstance(msg, Begin):
                     changes, truncated, heartbeat_msg, origin = [], False, False, None
+                    relations = {}
                     packed_cols = {} if self.packed else None
                     unchanged = False
                     segs, seg, text_ok = [], None, self.copy_text
@@ -803,6 +808,8 @@ class PostgresSource:
                         extra: dict[str, Any] = {"unchanged": unchanged}
                         if truncated:
                             extra["truncate"] = True  # cdc.batch.Batch.has_truncate
+                        if relations:
+                            extra["relations"] = relations
                         if origin is not None:
                             extra["origin"] = origin
                         last_yield = now
@@ -829,6 +836,12 @@ class PostgresSource:
                             fix="rename it back, or update the rules and the config, then "
                                 "run `cdc setup`")
                     self._resolve_types(decoder, msg)
+                    shape = tuple((c.name, c.type_oid) for c in msg.columns)
+                    if msg.qualified_name in tables and shapes.get(msg.oid, shape) != shape:
+                        # Changed since this session's first one (which the
+                        # plan, built from the catalog at start, already knows).
+                        relations[msg.qualified_name] = shape
+                    shapes[msg.oid] = shape
                 elif isinstance(msg, Origin):
                     # Set when the writer used a replication origin (e.g. the
                     # reverse pipeline): lets a bidirectional setup skip its echoes.

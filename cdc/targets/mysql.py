@@ -472,7 +472,8 @@ class MySQLTarget:
               rules: dict[str, list[CompiledRule]],
               convs: dict[str, list[Converter | None]],
               record: Callable[[Any], None] | None = None,
-              existing: dict[int, int] | None = None) -> int:
+              existing: dict[int, int] | None = None,
+              park: Callable[[Any], None] | None = None) -> int:
         """See ``PostgresTarget.apply``: same contract."""
         tx = self.tx()
         staged = 0
@@ -491,6 +492,8 @@ class MySQLTarget:
                                            existing or {}, text)
                 if self.dead_letters:
                     self._write_dead_letters(tx)
+                if park is not None:
+                    park(tx)  # a paused table's changes (cdc.pause)
                 if record is not None:
                     record(tx)
                 else:
@@ -698,9 +701,68 @@ class MySQLTarget:
     def forget_pipeline(self) -> None:
         """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters)."""
         with self.transaction() as tx:
-            for t in ("cdc_offsets", "cdc_status", "cdc_snapshot_tables", "cdc_dead_letters"):
+            for t in ("cdc_offsets", "cdc_status", "cdc_snapshot_tables", "cdc_dead_letters",
+                      "cdc_paused", "cdc_parked_changes"):
                 tx.execute(f"DELETE FROM {ident(t, 'mysql')} WHERE pipeline = %s",  # noqa: S608
                            (self.pipeline,))
+
+    # --- paused source tables (cdc.pause) -------------------------------------
+    def paused_tables(self) -> list[dict[str, Any]]:
+        """See ``PostgresTarget.paused_tables``."""
+        rows = self._query(
+            "SELECT p.source_table, p.rules, p.reason, p.since, p.since_position,"
+            " COUNT(c.seq), COALESCE(MAX(c.seq), 0)"
+            " FROM cdc_paused p LEFT JOIN cdc_parked_changes c"
+            " ON c.pipeline = p.pipeline AND c.source_table = p.source_table"
+            " WHERE p.pipeline = %s GROUP BY p.source_table, p.rules, p.reason, p.since,"
+            " p.since_position ORDER BY p.source_table", (self.pipeline,))
+        out = []
+        for r in rows:
+            d = dict(zip(("table", "rules", "reason", "since", "since_position", "parked",
+                          "last_seq"), r, strict=True))
+            d["since"] = _aware(d["since"])
+            d["parked"], d["last_seq"] = int(d["parked"]), int(d["last_seq"])
+            out.append(d)
+        return out
+
+    def park(self, tx: _Tx, paused: Sequence[tuple[str, str, str, str]],
+             rows: Sequence[tuple[str, int, str, str, str]]) -> None:
+        """See ``PostgresTarget.park``."""
+        for table, rules, reason, position in paused:
+            tx.execute("INSERT INTO cdc_paused (pipeline, source_table, rules, reason,"
+                       " since_position) VALUES (%s, %s, %s, %s, %s)"
+                       " ON DUPLICATE KEY UPDATE source_table = source_table",
+                       (self.pipeline, table, rules, reason, position))
+        if rows:
+            head = ("INSERT INTO cdc_parked_changes (pipeline, source_table, seq, position,"
+                    " operation, row_data) VALUES ")
+            one = "(" + ", ".join(["%s"] * 6) + ")"
+            for i in range(0, len(rows), 500):
+                part = rows[i:i + 500]
+                tx.execute(head + ", ".join([one] * len(part)),
+                           [v for r in part for v in (self.pipeline, *r)])
+
+    def parked_changes(self, table: str, after_seq: int, limit: int
+                       ) -> list[tuple[int, str, str, str]]:
+        """See ``PostgresTarget.parked_changes``."""
+        rows = self._query(
+            "SELECT seq, position, operation, row_data FROM cdc_parked_changes"
+            " WHERE pipeline = %s AND source_table = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (self.pipeline, table, after_seq, limit))
+        return [(int(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
+    def unpark(self, tx: _Tx, table: str, upto_seq: int, resume: bool) -> None:
+        """See ``PostgresTarget.unpark``."""
+        tx.execute("DELETE FROM cdc_parked_changes WHERE pipeline = %s AND source_table = %s"
+                   " AND seq <= %s", (self.pipeline, table, upto_seq))
+        if resume:
+            tx.execute("DELETE FROM cdc_paused WHERE pipeline = %s AND source_table = %s",
+                       (self.pipeline, table))
+
+    def set_pause_reason(self, table: str, rules: str, reason: str) -> None:
+        with self.transaction() as tx:
+            tx.execute("UPDATE cdc_paused SET rules = %s, reason = %s WHERE pipeline = %s"
+                       " AND source_table = %s", (rules, reason, self.pipeline, table))
 
     # --- snapshot progress ------------------------------------------------------
     def snapshot_chunk_begin(self, tx: _Tx) -> None:

@@ -308,8 +308,12 @@ class PostgresTarget:
               rules: dict[str, list[CompiledRule]],
               convs: dict[str, list[Converter | None]],
               record: Callable[[Any], None] | None = None,
-              existing: dict[int, int] | None = None) -> int:
+              existing: dict[int, int] | None = None,
+              park: Callable[[Any], None] | None = None) -> int:
         """Apply one batch and its offset in one transaction; returns staged rows.
+
+        ``park``, when given, is called with the open connection before the
+        offset is written (cdc.pause parks a paused table's changes there).
 
         ``record``, when given, is called with the open connection inside the
         transaction *instead of* writing the streaming offset: the snapshot and
@@ -338,6 +342,8 @@ class PostgresTarget:
                                            existing or {}, text)
                 if self.dead_letters:
                     self._write_dead_letters(conn)
+                if park is not None:
+                    park(conn)  # a paused table's changes (cdc.pause)
                 if record is not None:
                     record(conn)
                 else:
@@ -572,9 +578,75 @@ class PostgresTarget:
         """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters)."""
         conn = self.conn()
         with conn.transaction():
-            for t in ("offsets", "status", "snapshot_tables", "dead_letters"):
+            for t in ("offsets", "status", "snapshot_tables", "dead_letters", "paused",
+                      "parked_changes"):
                 conn.execute(sql.SQL("DELETE FROM cdc.{} WHERE pipeline = %s").format(
                     sql.Identifier(t)), (self.pipeline,))
+
+    # --- paused source tables (cdc.pause) -------------------------------------
+    @_guarded
+    def paused_tables(self) -> list[dict[str, Any]]:
+        """This pipeline's paused source tables, with how many changes are parked."""
+        conn = self.conn()
+        try:
+            cur = conn.execute(
+                "SELECT p.source_table, p.rules, p.reason, p.since, p.since_position,"
+                " count(c.seq), coalesce(max(c.seq), 0)"
+                " FROM cdc.paused p LEFT JOIN cdc.parked_changes c"
+                " ON c.pipeline = p.pipeline AND c.source_table = p.source_table"
+                " WHERE p.pipeline = %s GROUP BY 1, 2, 3, 4, 5 ORDER BY 1", (self.pipeline,))
+            rows = cur.fetchall()
+        finally:
+            conn.rollback()
+        return [dict(zip(("table", "rules", "reason", "since", "since_position", "parked",
+                          "last_seq"), r, strict=True)) for r in rows]
+
+    def park(self, conn: psycopg.Connection[Any], paused: Sequence[tuple[str, str, str, str]],
+             rows: Sequence[tuple[str, int, str, str, str]]) -> None:
+        """Inside the batch's transaction: new paused tables (table, rules,
+        reason, position) and parked changes (table, seq, position, op, data)."""
+        for table, rules, reason, position in paused:
+            conn.execute("INSERT INTO cdc.paused (pipeline, source_table, rules, reason,"
+                         " since_position) VALUES (%s, %s, %s, %s, %s)"
+                         " ON CONFLICT (pipeline, source_table) DO NOTHING",
+                         (self.pipeline, table, rules, reason, position))
+        if rows:
+            with conn.cursor() as cur, cur.copy(
+                    "COPY cdc.parked_changes (pipeline, source_table, seq, position, operation,"
+                    " row_data) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row((self.pipeline, *r))
+
+    @_guarded
+    def parked_changes(self, table: str, after_seq: int, limit: int
+                       ) -> list[tuple[int, str, str, str]]:
+        """(seq, position, op, data) of a paused table, in source order."""
+        conn = self.conn()
+        try:
+            rows = conn.execute(
+                "SELECT seq, position, operation, row_data FROM cdc.parked_changes"
+                " WHERE pipeline = %s AND source_table = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (self.pipeline, table, after_seq, limit)).fetchall()
+        finally:
+            conn.rollback()
+        return [(int(a), b, c, d) for a, b, c, d in rows]
+
+    def unpark(self, conn: psycopg.Connection[Any], table: str, upto_seq: int,
+               resume: bool) -> None:
+        """Inside the transaction that applied them: forget parked changes up to
+        ``upto_seq``; ``resume`` also ends the pause."""
+        conn.execute("DELETE FROM cdc.parked_changes WHERE pipeline = %s AND source_table = %s"
+                     " AND seq <= %s", (self.pipeline, table, upto_seq))
+        if resume:
+            conn.execute("DELETE FROM cdc.paused WHERE pipeline = %s AND source_table = %s",
+                         (self.pipeline, table))
+
+    @_guarded
+    def set_pause_reason(self, table: str, rules: str, reason: str) -> None:
+        conn = self.conn()
+        with conn.transaction():
+            conn.execute("UPDATE cdc.paused SET rules = %s, reason = %s WHERE pipeline = %s"
+                         " AND source_table = %s", (rules, reason, self.pipeline, table))
 
     # --- snapshot progress ------------------------------------------------------
     def lock_offset_shared(self, conn: Any) -> None:
