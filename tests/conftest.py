@@ -40,6 +40,18 @@ KEEP_SERVERS = os.environ.get("CDC_TEST_KEEP_SERVERS", "") not in ("", "0", "fal
 KEPT_SERVERS_DIR = Path(tempfile.gettempdir()) / "cdc-test-servers"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # tests/test_differential.py: how many seeded workloads, which seeds, which op families.
+    group = parser.getgroup("differential", "randomized differential test")
+    group.addoption("--seeds", type=int, default=None, metavar="N",
+                    help="run seeds 1..N per direction (default: the fixed CI seeds)")
+    group.addoption("--seed", type=int, action="append", default=[], metavar="S",
+                    help="run this seed (repeatable), e.g. to replay a failure")
+    group.addoption("--families", default=None, metavar="F,F",
+                    help="op families to enable in every direction, or 'all' "
+                         "(default: the CI list per direction in test_differential.py)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a long-running test (deselect with -m 'not slow')")
 
