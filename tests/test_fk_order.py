@@ -254,3 +254,24 @@ def test_truncate_of_parent_and_child_empties_children_first(
     _run_backlog(cfg)
     assert dead_letters(tgt) == []
     assert state(tgt, "t_") == state(src) == ([(7, "p7")], [(70, 7, "z")])
+
+
+def test_runs_keep_source_order_and_truncates_apart() -> None:
+    from cdc.events import truncate_change
+    from cdc.positions import Lsn
+    from cdc.targets.steps import runs
+
+    p = Lsn.parse("0/1")
+    a1, a2, b1, a3 = (_ins("a", id=1), _ins("a", id=2), _ins("b", id=1), _ins("a", id=3))
+    t = truncate_change("a")
+    got = runs(_batch(p, [a1], [a2, b1], [t, a3], [_ins("a", id=4)]))
+    assert [(name, [ch.op for ch in chs]) for name, chs in got] == [
+        ("a", ["I", "I"]), ("b", ["I"]), ("a", ["T"]), ("a", ["I", "I"])]
+    assert got[0][1] == [a1, a2] and got[3][1][0] is a3
+
+
+def test_toposort_follows_edges_and_survives_cycles() -> None:
+    from cdc.targets.steps import _toposort
+
+    assert _toposort(["c", "p", "x"], {("p", "c")}) == ["p", "c", "x"]
+    assert _toposort(["a", "b"], {("a", "b"), ("b", "a")}) == ["a", "b"]
