@@ -256,6 +256,43 @@ def test_truncate_of_parent_and_child_empties_children_first(
     assert state(tgt, "t_") == state(src) == ([(7, "p7")], [(70, 7, "z")])
 
 
+def test_new_orders_around_a_purge_apply_by_stretch(
+        target_plan: tuple[Any, Any, Any, Any]) -> None:
+    """New parents with children, a purge of old ones (children, then
+    parents), more new ones: no single table order suits the batch, but
+    each of the three stretches has one."""
+    from cdc.positions import BinlogPosition, Lsn
+    from cdc.targets.steps import _links, runs, segments
+
+    tgt, target, plan, offset = target_plan
+    position = offset[0] if offset else (
+        Lsn.parse("0/1") if target.config.source.kind == "postgresql" else
+        BinlogPosition("mysql-bin.000001", 4))
+
+    def new(k: int) -> list[RowChange]:
+        return [_ins("parent", id=k, name=f"p{k}"),
+                *(_ins("child", id=k * 10 + j, parent_id=k, v="x") for j in range(2))]
+
+    target.apply(_batch(position, *(new(k) for k in range(1, 4))), plan.stages,
+                 plan.by_table, plan.converters)
+    purge = [*(_del("child", id=k * 10 + j, parent_id=k, v="x") for k in (1, 2)
+               for j in range(2)), _del("parent", id=1, name="p1"),
+             _del("parent", id=2, name="p2")]
+    batch = _batch(position, *(new(k) for k in range(4, 10)), purge,
+                   *(new(k) for k in range(10, 16)))
+    # The first apply read the target's foreign keys.
+    links = _links(list(plan.stages.values()), plan.by_table, target._fks)
+    assert links == {("child", "parent")}
+    parts = segments(batch, links)
+    assert [len(p) for p in parts] == [6, 1, 6]
+    assert sum(len(p.changes_by_table()) for p in parts) < len(runs(batch))
+    target.apply(batch, plan.stages, plan.by_table, plan.converters)
+    assert dead_letters(tgt) == []
+    parents, children = state(tgt, "t_")
+    assert [i for i, _ in parents] == list(range(3, 16))
+    assert len(children) == 2 * 13 and {p for _, p, _ in children} == set(range(3, 16))
+
+
 def test_runs_keep_source_order_and_truncates_apart() -> None:
     from cdc.events import truncate_change
     from cdc.positions import Lsn
