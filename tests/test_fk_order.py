@@ -312,3 +312,26 @@ def test_toposort_follows_edges_and_survives_cycles() -> None:
 
     assert _toposort(["c", "p", "x"], {("p", "c")}) == ["p", "c", "x"]
     assert _toposort(["a", "b"], {("a", "b"), ("b", "a")}) == ["a", "b"]
+
+
+def test_truncates_in_one_batch_empty_children_first(
+        target_plan: tuple[Any, Any, Any, Any]) -> None:
+    """Two truncates in a row (MySQL writes one per transaction), the parent's
+    first: in one batch the target's children still go first."""
+    from cdc.events import truncate_change
+    from cdc.positions import BinlogPosition, Lsn
+
+    tgt, target, plan, offset = target_plan
+    position = offset[0] if offset else (
+        Lsn.parse("0/1") if target.config.source.kind == "postgresql" else
+        BinlogPosition("mysql-bin.000001", 4))
+    target.apply(_batch(position, [_ins("parent", id=1, name="p1")],
+                        [_ins("child", id=1, parent_id=1, v="a")]),
+                 plan.stages, plan.by_table, plan.converters)
+    batch = _batch(position, [_ins("parent", id=2, name="p2")], [truncate_change("parent")],
+                   [truncate_change("child")], [_ins("parent", id=3, name="p3")])
+    for tx in batch.transactions[1:3]:
+        tx.extra["truncate"] = True
+    target.apply(batch, plan.stages, plan.by_table, plan.converters)
+    assert dead_letters(tgt) == []
+    assert state(tgt, "t_") == ([(3, "p3")], [])

@@ -15,8 +15,9 @@ orchestration lives here:
 3. **In source order** (runs): consecutive changes of one source table form a
    run, and the runs apply one after the other, each staged and run through
    the rules as in 1.  A stretch a foreign key still refuses takes this path,
-   and so does a batch holding a source TRUNCATE (a step at its exact place
-   among the runs).  Only a violation that remains here becomes a dead letter.
+   and so do transactions holding a source TRUNCATE (a step at its exact place
+   among the runs; the transactions between them go by table as in 1).  Only
+   a violation that remains here becomes a dead letter.
 """
 
 from __future__ import annotations
@@ -60,7 +61,17 @@ def apply_batch(t: Target, handle: Any, batch: Batch, stages: dict[str, StageTab
     (dead letters go to ``t.dead_letters``); returns the rows staged.
     ``text``: the batch's changes by table while still COPY text, if so."""
     if batch.has_truncate:
-        return _apply_runs(t, handle, batch, stages, rules, convs, positions, existing)
+        # Transactions holding a truncate go in runs (it is a step at its exact
+        # place); the stretches between them by table, as any batch.
+        staged = 0
+        for part in _split_at_truncates(batch):
+            if part.has_truncate:
+                staged += _apply_runs(t, handle, part, stages, rules, convs, positions,
+                                      existing)
+            else:
+                staged += apply_batch(t, handle, part, stages, rules, convs, positions,
+                                      existing, None)
+        return staged
     by_table: dict[str, Any] = text if text is not None else batch.changes_by_table()
     active = [st for name, st in stages.items() if name in by_table]
     t._prepare(handle, active, [r for st in active for r in rules.get(st.source_name, [])])
@@ -86,6 +97,19 @@ def apply_batch(t: Target, handle: Any, batch: Batch, stages: dict[str, StageTab
     for part in parts:
         staged += _apply_segment(t, handle, part, stages, rules, convs, positions, existing)
     return staged
+
+
+def _split_at_truncates(batch: Batch) -> list[Batch]:
+    """Consecutive transactions with truncates together (MySQL binlogs one
+    TRUNCATE per transaction; _apply_runs orders adjacent ones by the foreign
+    keys), and the stretches between them."""
+    out: list[Batch] = []
+    for tx in batch.transactions:
+        t = bool(tx.extra.get("truncate"))
+        if not out or t != out[-1].has_truncate:
+            out.append(Batch())
+        out[-1].add(tx)
+    return out
 
 
 def segments(batch: Batch, links: set[tuple[str, str]]) -> list[Batch]:
