@@ -254,3 +254,84 @@ def test_truncate_of_parent_and_child_empties_children_first(
     _run_backlog(cfg)
     assert dead_letters(tgt) == []
     assert state(tgt, "t_") == state(src) == ([(7, "p7")], [(70, 7, "z")])
+
+
+def test_new_orders_around_a_purge_apply_by_stretch(
+        target_plan: tuple[Any, Any, Any, Any]) -> None:
+    """New parents with children, a purge of old ones (children, then
+    parents), more new ones: no single table order suits the batch, but
+    each of the three stretches has one."""
+    from cdc.positions import BinlogPosition, Lsn
+    from cdc.targets.steps import _links, runs, segments
+
+    tgt, target, plan, offset = target_plan
+    position = offset[0] if offset else (
+        Lsn.parse("0/1") if target.config.source.kind == "postgresql" else
+        BinlogPosition("mysql-bin.000001", 4))
+
+    def new(k: int) -> list[RowChange]:
+        return [_ins("parent", id=k, name=f"p{k}"),
+                *(_ins("child", id=k * 10 + j, parent_id=k, v="x") for j in range(2))]
+
+    target.apply(_batch(position, *(new(k) for k in range(1, 4))), plan.stages,
+                 plan.by_table, plan.converters)
+    purge = [*(_del("child", id=k * 10 + j, parent_id=k, v="x") for k in (1, 2)
+               for j in range(2)), _del("parent", id=1, name="p1"),
+             _del("parent", id=2, name="p2")]
+    batch = _batch(position, *(new(k) for k in range(4, 10)), purge,
+                   *(new(k) for k in range(10, 16)))
+    # The first apply read the target's foreign keys.
+    links = _links(list(plan.stages.values()), plan.by_table, target._fks)
+    assert links == {("child", "parent")}
+    parts = segments(batch, links)
+    assert [len(p) for p in parts] == [6, 1, 6]
+    assert sum(len(p.changes_by_table()) for p in parts) < len(runs(batch))
+    target.apply(batch, plan.stages, plan.by_table, plan.converters)
+    assert dead_letters(tgt) == []
+    parents, children = state(tgt, "t_")
+    assert [i for i, _ in parents] == list(range(3, 16))
+    assert len(children) == 2 * 13 and {p for _, p, _ in children} == set(range(3, 16))
+
+
+def test_runs_keep_source_order_and_truncates_apart() -> None:
+    from cdc.events import truncate_change
+    from cdc.positions import Lsn
+    from cdc.targets.steps import runs
+
+    p = Lsn.parse("0/1")
+    a1, a2, b1, a3 = (_ins("a", id=1), _ins("a", id=2), _ins("b", id=1), _ins("a", id=3))
+    t = truncate_change("a")
+    got = runs(_batch(p, [a1], [a2, b1], [t, a3], [_ins("a", id=4)]))
+    assert [(name, [ch.op for ch in chs]) for name, chs in got] == [
+        ("a", ["I", "I"]), ("b", ["I"]), ("a", ["T"]), ("a", ["I", "I"])]
+    assert got[0][1] == [a1, a2] and got[3][1][0] is a3
+
+
+def test_toposort_follows_edges_and_survives_cycles() -> None:
+    from cdc.targets.steps import _toposort
+
+    assert _toposort(["c", "p", "x"], {("p", "c")}) == ["p", "c", "x"]
+    assert _toposort(["a", "b"], {("a", "b"), ("b", "a")}) == ["a", "b"]
+
+
+def test_truncates_in_one_batch_empty_children_first(
+        target_plan: tuple[Any, Any, Any, Any]) -> None:
+    """Two truncates in a row (MySQL writes one per transaction), the parent's
+    first: in one batch the target's children still go first."""
+    from cdc.events import truncate_change
+    from cdc.positions import BinlogPosition, Lsn
+
+    tgt, target, plan, offset = target_plan
+    position = offset[0] if offset else (
+        Lsn.parse("0/1") if target.config.source.kind == "postgresql" else
+        BinlogPosition("mysql-bin.000001", 4))
+    target.apply(_batch(position, [_ins("parent", id=1, name="p1")],
+                        [_ins("child", id=1, parent_id=1, v="a")]),
+                 plan.stages, plan.by_table, plan.converters)
+    batch = _batch(position, [_ins("parent", id=2, name="p2")], [truncate_change("parent")],
+                   [truncate_change("child")], [_ins("parent", id=3, name="p3")])
+    for tx in batch.transactions[1:3]:
+        tx.extra["truncate"] = True
+    target.apply(batch, plan.stages, plan.by_table, plan.converters)
+    assert dead_letters(tgt) == []
+    assert state(tgt, "t_") == ([(3, "p3")], [])

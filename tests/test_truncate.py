@@ -229,3 +229,21 @@ def test_kill_9_replay_never_truncates_again(kinds: tuple[str, str], tmp_path: P
         assert dead_letters(tgt) == 0
     finally:
         _teardown(cfg, kinds[0], ["stage"])
+
+
+def test_binlog_statements_that_truncate(caplog: pytest.LogCaptureFixture) -> None:
+    from cdc.sources.mysql import truncate_targets
+
+    assert truncate_targets("TRUNCATE stage", "shop", "shop") == ["stage"]
+    assert truncate_targets("truncate table `shop`.`st 1`", "other", "shop") == ["st 1"]
+    assert truncate_targets("/* app */ TRUNCATE TABLE stage", "shop", "shop") == ["stage"]
+    assert truncate_targets("TRUNCATE TABLE other.stage", "shop", "shop") == []
+    assert truncate_targets("ALTER TABLE stage ADD COLUMN truncate_me int", "shop", "shop") == []
+    assert truncate_targets("DELETE FROM stage", "shop", "shop") == []
+    caplog.set_level(logging.WARNING, logger="cdc")
+    assert truncate_targets("ALTER TABLE stage TRUNCATE PARTITION p0", "shop", "shop",
+                            {"stage"}) == []
+    assert truncate_targets("ALTER TABLE shop.x TRUNCATE PARTITION p0", "a", "shop",
+                            {"stage"}) == []
+    warned = [r.getMessage() for r in caplog.records if r.name.startswith("cdc")]
+    assert len(warned) == 1 and "stage" in warned[0] and "not mirrored" in warned[0]

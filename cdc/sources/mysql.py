@@ -307,7 +307,9 @@ class MySQLSource:
                     # Bare names in the URL's database -> the names the rules use.
                     truncated = [n for n in ((keys.get(t) if self.tables
                                               else names.qualified(None, t))
-                                             for t in truncated_tables(ev, self.url.database))
+                                             for t in truncated_tables(
+                                                 ev, self.url.database,
+                                                 set(keys) if self.tables else None))
                                  if n is not None]
                     if truncated:
                         # TRUNCATE commits implicitly: a transaction of its own,
@@ -362,7 +364,8 @@ class MySQLSource:
                             image[name] = ZeroDate(text)
 
 
-def truncated_tables(ev: QueryEvent, database: str) -> list[str]:
+def truncated_tables(ev: QueryEvent, database: str,
+                     tables: set[str] | None = None) -> list[str]:
     """The tables of ``database`` a binlogged ``TRUNCATE [TABLE] name`` empties
     (none for any other statement)."""
     q = ev.query
@@ -370,14 +373,24 @@ def truncated_tables(ev: QueryEvent, database: str) -> list[str]:
         q = q.decode("utf-8", "replace")
     schema = ev.schema.decode("utf-8", "replace") if isinstance(ev.schema, bytes) \
         else str(ev.schema or "")
-    return truncate_targets(str(q), schema, database)
+    return truncate_targets(str(q), schema, database, tables)
 
 
-def truncate_targets(statement: str, schema: str, database: str) -> list[str]:
+def truncate_targets(statement: str, schema: str, database: str,
+                     tables: set[str] | None = None) -> list[str]:
     """``statement`` parsed (sqlglot, MySQL dialect): the names of the tables
-    in ``database`` it truncates; ``schema`` is the session's default one."""
+    in ``database`` it truncates; ``schema`` is the session's default one.
+    ``tables``: the rules' source tables (None: all), for the warning."""
     if "truncate" not in statement.lower():
         return []  # most query events are BEGIN/COMMIT or other DDL: no parse
+    part = _partition_truncate(statement, schema)
+    if part is not None:
+        if part[0] == database and (tables is None or part[1] in tables):
+            # Its rows leave the binlog as nothing at all: say so, loudly.
+            log.warning("source table %s: ALTER TABLE … TRUNCATE PARTITION is not "
+                        "mirrored (the binlog holds no rows for it); run `cdc verify "
+                        "--table %s --repair`", part[1], part[1])
+        return []
     try:
         tree = sqlglot.parse_one(statement, read="mysql")
     except sqlglot.errors.ParseError:
@@ -386,6 +399,25 @@ def truncate_targets(statement: str, schema: str, database: str) -> list[str]:
         return []
     return [t.name for t in tree.expressions
             if isinstance(t, exp.Table) and (t.db or schema) == database]
+
+
+def _partition_truncate(statement: str, schema: str) -> tuple[str, str] | None:
+    """(schema, table) of ``ALTER TABLE [db.]name TRUNCATE PARTITION …``."""
+    from sqlglot.tokens import TokenType
+
+    try:
+        tokens = sqlglot.tokenize(statement, read="mysql")
+    except sqlglot.errors.TokenError:
+        return None
+    kinds = [t.token_type for t in tokens]
+    if kinds[:2] != [TokenType.ALTER, TokenType.TABLE]:
+        return None
+    name = [t.text for t in tokens[2:] if t.token_type is not TokenType.DOT]
+    rest = kinds[2:]
+    for n in (1, 2):  # name, or db.name
+        if rest[2 * n - 1:2 * n + 1] == [TokenType.TRUNCATE, TokenType.PARTITION]:
+            return (schema, name[0]) if n == 1 else (name[0], name[1])
+    return None
 
 
 def _query_text(ev: QueryEvent) -> str:

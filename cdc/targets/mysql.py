@@ -507,12 +507,6 @@ class MySQLTarget:
             raise
         return staged
 
-    def _apply_table(self, tx: _Tx, st: StageTable, changes: list[RowChange],
-                     table_rules: list[CompiledRule], convs: list[Converter | None] | None,
-                     positions: Any, existing: dict[int, int]) -> int:
-        return isolate.apply_table(self, tx, st, changes, table_rules, convs, positions,
-                                   existing)
-
     def _savepoint(self, tx: _Tx) -> Any:
         return tx()
 

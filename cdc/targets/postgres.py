@@ -357,15 +357,6 @@ class PostgresTarget:
             raise
         return staged
 
-    # A batch normally takes the first path only: one COPY, three statements per
-    # rule.  Savepoints and bisection cost nothing until a row fails.
-    def _apply_table(self, conn: psycopg.Connection[Any], st: StageTable,
-                     changes: list[RowChange], table_rules: list[CompiledRule],
-                     convs: list[Converter | None] | None, positions: Any,
-                     existing: dict[int, int]) -> int:
-        return isolate.apply_table(self, conn, st, changes, table_rules, convs, positions,
-                                   existing)
-
     def _foreign_keys(self, conn: psycopg.Connection[Any]) -> list[steps.ForeignKey]:
         """(referencing, referenced) tables of every foreign key in the target
         database; read once per connection (cdc.targets.steps orders by them)."""

@@ -8,12 +8,16 @@ orchestration lives here:
    the rules write have foreign keys between them, the tables go in the order
    the graph asks for: a parent whose rows the batch deletes after its
    children, otherwise before them.
-2. **In source order** (runs): consecutive changes of one source table form a
+2. **By stretch**: when a foreign key refuses that, the batch is rolled back
+   to a savepoint and cut into stretches of whole transactions that one table
+   order suits (``segments``; e.g. new orders, then a purge of old ones, then
+   new orders), each applied as in 1 under its own savepoint.
+3. **In source order** (runs): consecutive changes of one source table form a
    run, and the runs apply one after the other, each staged and run through
-   the rules as in 1.  A batch takes this path when it holds a source TRUNCATE
-   (a step at its exact place among the runs), or when the fast path met a
-   foreign-key violation: it is rolled back to a savepoint and re-applied in
-   runs.  Only a violation that remains in run mode becomes a dead letter.
+   the rules as in 1.  A stretch a foreign key still refuses takes this path,
+   and so do transactions holding a source TRUNCATE (a step at its exact place
+   among the runs; the transactions between them go by table as in 1).  Only
+   a violation that remains here becomes a dead letter.
 """
 
 from __future__ import annotations
@@ -57,7 +61,17 @@ def apply_batch(t: Target, handle: Any, batch: Batch, stages: dict[str, StageTab
     (dead letters go to ``t.dead_letters``); returns the rows staged.
     ``text``: the batch's changes by table while still COPY text, if so."""
     if batch.has_truncate:
-        return _apply_runs(t, handle, batch, stages, rules, convs, positions, existing)
+        # Transactions holding a truncate go in runs (it is a step at its exact
+        # place); the stretches between them by table, as any batch.
+        staged = 0
+        for part in _split_at_truncates(batch):
+            if part.has_truncate:
+                staged += _apply_runs(t, handle, part, stages, rules, convs, positions,
+                                      existing)
+            else:
+                staged += apply_batch(t, handle, part, stages, rules, convs, positions,
+                                      existing, None)
+        return staged
     by_table: dict[str, Any] = text if text is not None else batch.changes_by_table()
     active = [st for name, st in stages.items() if name in by_table]
     t._prepare(handle, active, [r for st in active for r in rules.get(st.source_name, [])])
@@ -75,7 +89,68 @@ def apply_batch(t: Target, handle: Any, batch: Batch, stages: dict[str, StageTab
         del t.dead_letters[mark:]
         log.info("a foreign key refused the batch applied by table (%s); applying it in "
                  "source order", e)
-    return _apply_runs(t, handle, batch, stages, rules, convs, positions, existing)
+    parts = segments(batch, _links(active, rules, t._foreign_keys(handle)))
+    # Each table of a stretch costs about what one run costs: take the fewer.
+    if sum(len(p.changes_by_table()) for p in parts) >= len(runs(batch)):
+        return _apply_runs(t, handle, batch, stages, rules, convs, positions, existing)
+    staged = 0
+    for part in parts:
+        staged += _apply_segment(t, handle, part, stages, rules, convs, positions, existing)
+    return staged
+
+
+def _split_at_truncates(batch: Batch) -> list[Batch]:
+    """Consecutive transactions with truncates together (MySQL binlogs one
+    TRUNCATE per transaction; _apply_runs orders adjacent ones by the foreign
+    keys), and the stretches between them."""
+    out: list[Batch] = []
+    for tx in batch.transactions:
+        t = bool(tx.extra.get("truncate"))
+        if not out or t != out[-1].has_truncate:
+            out.append(Batch())
+        out[-1].add(tx)
+    return out
+
+
+def segments(batch: Batch, links: set[tuple[str, str]]) -> list[Batch]:
+    """The batch cut into stretches of whole transactions that one table order
+    likely suits: a stretch ends before a transaction that would give a parent
+    table both deletes and other changes while its child table has changes
+    other than deletes (neither children-first nor parents-first works then).
+    ``links``: (child, parent) source tables."""
+    out: list[Batch] = []
+    deletes: set[str] = set()
+    others: set[str] = set()
+    for tx in batch.transactions:
+        d = {ch.table for ch in tx.materialize() if ch.op == "D"}
+        o = {ch.table for ch in tx.changes if ch.op != "D"}
+        nd, no = deletes | d, others | o
+        if out and not any(p in nd and p in no and c in no for c, p in links):
+            deletes, others = nd, no
+        else:
+            out.append(Batch())
+            deletes, others = d, o
+        out[-1].add(tx)
+    return out
+
+
+def _apply_segment(t: Target, handle: Any, part: Batch, stages: dict[str, StageTable],
+                   rules: dict[str, list[CompiledRule]],
+                   convs: dict[str, list[Converter | None]],
+                   positions: isolate.Positions, existing: dict[int, int]) -> int:
+    """One stretch by table in foreign-key order; in exact source order (runs)
+    if a foreign key still refuses it."""
+    by_table = part.changes_by_table()
+    active = [st for name, st in stages.items() if name in by_table]
+    order, _ = _table_order(t, handle, active, rules, by_table)
+    mark = len(t.dead_letters)
+    try:
+        with t._savepoint(handle):
+            return _apply_tables(t, handle, order, by_table, False, rules, convs, positions,
+                                 existing, escalate=len(order) > 1)
+    except isolate.OrderFailure:
+        del t.dead_letters[mark:]
+    return _apply_runs(t, handle, part, stages, rules, convs, positions, existing)
 
 
 def _apply_tables(t: Target, handle: Any, order: list[StageTable], by_table: dict[str, Any],
@@ -195,16 +270,7 @@ def _table_order(t: Target, handle: Any, active: list[StageTable],
     fks = t._foreign_keys(handle)
     if not fks:
         return active, False
-    targets = {st.source_name: {target_of(r) for r in rules.get(st.source_name, [])}
-               for st in active}
-    links: set[tuple[str, str]] = set()  # (child source table, parent source table)
-    for child, parent in fks:
-        for c, ct in targets.items():
-            if child not in ct:
-                continue
-            for p, pt in targets.items():
-                if p != c and parent in pt:
-                    links.add((c, p))
+    links = _links(active, rules, fks)
     if not links:
         return active, False
     removing = {p for _, p in links if _removes(by_table[p])}
@@ -212,6 +278,23 @@ def _table_order(t: Target, handle: Any, active: list[StageTable],
     names = _toposort([st.source_name for st in active], before)
     by_name = {st.source_name: st for st in active}
     return [by_name[n] for n in names], True
+
+
+def _links(active: list[StageTable], rules: dict[str, list[CompiledRule]],
+           fks: list[ForeignKey]) -> set[tuple[str, str]]:
+    """(child, parent) pairs of source tables whose rules' target tables a
+    foreign key links."""
+    targets = {st.source_name: {target_of(r) for r in rules.get(st.source_name, [])}
+               for st in active}
+    links: set[tuple[str, str]] = set()
+    for child, parent in fks:
+        for c, ct in targets.items():
+            if child not in ct:
+                continue
+            for p, pt in targets.items():
+                if p != c and parent in pt:
+                    links.add((c, p))
+    return links
 
 
 def _removes(changes: list[Any]) -> bool:
