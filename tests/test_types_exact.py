@@ -203,3 +203,38 @@ def test_pg_json_scalars_exact_through_snapshot_and_stream(
         c = load(cfg)
         PostgresSource(c.source.libpq(), slot=c.slot, publication=c.publication,
                        tables=["pj"]).teardown()
+
+
+# --- the decoder fixes, value by value (no server: MySQL 8's binary JSON) ------
+
+def test_decoded_values_are_fixed_as_a_select_gives_them() -> None:
+    from pymysqlreplication.column import Column
+    from pymysqlreplication.constants import FIELD_TYPE, NONE_SOURCE
+
+    from cdc.sources.mysql import fix_values, json_text, value_fixes
+
+    cols = [Column(type=FIELD_TYPE.STRING, name="b", max_length=4, character_set_name="binary"),
+            Column(type=FIELD_TYPE.STRING, name="c", max_length=12, character_set_name="utf8"),
+            Column(type=FIELD_TYPE.SET, name="s", set_values=["z", "y", "x"]),
+            Column(type=FIELD_TYPE.JSON, name="j"),
+            Column(type=FIELD_TYPE.LONG, name="i")]
+    fixes = value_fixes(cols)
+    assert [f[0] for f in fixes] == ["b", "s", "j"]  # CHAR and INT are left alone
+    rows = [
+        {"values": {"b": "", "c": "", "s": None, "j": b"s", "i": 1},
+         "none_sources": {"s": NONE_SOURCE.EMPTY_SET}},
+        {"before_values": {"b": b"A", "c": "x", "s": None, "j": None, "i": 2},
+         "before_none_sources": {"s": NONE_SOURCE.NULL, "j": NONE_SOURCE.NULL},
+         "after_values": {"b": None, "c": "x", "s": {"x", "z"}, "j": True, "i": 2},
+         "after_none_sources": {"b": NONE_SOURCE.NULL}},
+    ]
+    fix_values(fixes, rows)
+    assert rows[0]["values"] == {"b": b"\0\0\0\0", "c": "", "s": "", "j": '"s"', "i": 1}
+    assert rows[1]["before_values"] == {"b": b"A\0\0\0", "c": "x", "s": None, "j": None, "i": 2}
+    assert rows[1]["after_values"] == {"b": None, "c": "x", "s": "z,x", "j": "true", "i": 2}
+    from decimal import Decimal
+
+    assert json_text({b"k": [1, 2.5, None, False, Decimal("1.10"), b"\xe4\xb8\xad"]}) == \
+        '{"k": [1, 2.5, null, false, 1.10, "中"]}'
+    assert [json_text(v) for v in (0, -3, 1e300, "", b'"')] == ["0", "-3", "1e+300", '""',
+                                                                 '"\\""']
