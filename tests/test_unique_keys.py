@@ -282,3 +282,18 @@ def test_snapshot_into_a_clashing_row_is_a_dead_letter(pipe: Pipeline) -> None:
     assert pipe.target_rows() == [(2, "b", 20), (3, "c", 30), (9, "a", 0)]
     letters = pipe.dead_letters()
     assert len(letters) == 1 and "Duplicate entry 'a'" in letters[0], letters
+
+
+@pytest.mark.parametrize("pipe", [("mysql", 1000)], ids=_ids, indirect=True)
+def test_verify_repair_uses_the_same_upsert(pipe: Pipeline) -> None:
+    import json
+
+    pipe.tx(["INSERT INTO s VALUES (1, 'a', 10), (2, 'b', 20), (3, 'c', 30)"])
+    pipe.catch_up()
+    pipe.tgt.execute("DELETE FROM t WHERE id = 1")  # missing
+    pipe.tgt.execute("UPDATE t SET v = 0 WHERE id = 2")  # different
+    out = cdc("verify", "-c", str(pipe.cfg), "--repair")
+    assert "repaired" in out.stdout
+    assert pipe.target_rows() == pipe.source_rows()
+    again = json.loads(cdc("verify", "-c", str(pipe.cfg), "--json").stdout)
+    assert again[0]["ok"], again
