@@ -54,7 +54,10 @@ def fetch_current(config: Config, source: Any, table: str, pk: list[str],
 
         tref = sql.Identifier(*split_name(table, "public"))
         what: sql.Composable = sql.SQL("*")
+        from cdc.sources import pgjson
+
         with psycopg.connect(config.source.libpq(), autocommit=True) as conn:
+            pgjson.register(conn.adapters)  # as the stream loads JSON
             conn.execute("SET TimeZone = 'UTC'")
             if getattr(source, "text_values", False):
                 # The stream's images hold the walsender's text; so must these

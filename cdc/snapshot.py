@@ -178,7 +178,10 @@ class ChunkReader:
             else:
                 import psycopg
 
+                from cdc.sources import pgjson
+
                 self._conn = psycopg.connect(self.config.source.libpq(), autocommit=True)
+                pgjson.register(self._conn.adapters)  # as the stream loads JSON
                 # ::text output follows these; pin them (cdc.sources.copytext).
                 self._conn.execute("SET TimeZone = 'UTC'")
                 self._conn.execute("SET DateStyle = 'ISO, MDY'")

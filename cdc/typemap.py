@@ -141,9 +141,11 @@ def _pg_to_mysql(col: Column) -> str:
 # MySQL/MariaDB staging column of the type above reads as the very value the
 # converters would write.  Rows of tables made only of these travel from the
 # decoder to a MySQL target as text (cdc.events.TextRows); anything else
-# (bool's 't', bytea's hex, timestamptz's offset, intervals, json that the
-# value path re-serializes, floats) goes through Python values.  A value the
+# (bool's 't', bytea's hex, timestamptz's offset, intervals, floats) goes
+# through Python values.  json/jsonb text is JSON a MySQL JSON column reads
+# as the same value, scalars and null included (the value path keeps that
+# text too: cdc.sources.pgjson).  A value the
 # column rejects (numeric NaN, a BC date) fails the row either way and ends
 # as the same dead letter.
 PG_TEXT_FOR_MYSQL = frozenset({"int2", "int4", "int8", "oid", "text", "varchar", "bpchar",
-                               "date", "timestamp", "numeric", "uuid"})
+                               "date", "timestamp", "numeric", "uuid", "json", "jsonb"})

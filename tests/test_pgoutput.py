@@ -143,7 +143,7 @@ def test_types_values_converted() -> None:
         "created": datetime(2024, 2, 29, 13, 14, 15, 123456, tzinfo=UTC),
         "born": date(2024, 2, 29),
         "at": datetime(1999, 12, 31, 23, 59, 59),
-        "data": {"a": [1, 2.5, None], "b": "x"},
+        "data": '{"a": [1, 2.5, null], "b": "x"}',  # JSON stays its text (cdc.sources.pgjson)
         "tags": ["a", None, "b c"],
         "ids": [1, 2, 3],
         "uid": UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import pymysql
@@ -117,6 +119,7 @@ class MySQLSource:
         self.zero_dates = zero_dates
         self._date_events: dict[str, Any] = {}
         self._has_dates: dict[str, bool] = {}
+        self._fixes: dict[str, list[Fix]] = {}
         self.server_id = server_id
         self.tables = list(tables)
         self.heartbeat_seconds = heartbeat_seconds
@@ -279,8 +282,11 @@ class MySQLSource:
                     if self._date_events.get(table) is not ev.columns:
                         self._date_events[table] = ev.columns
                         self._has_dates[table] = any(c.type in _DATE_TYPES for c in ev.columns)
+                        self._fixes[table] = value_fixes(ev.columns)
                     if self._has_dates[table]:
                         self._mark_zero_dates(ev, rows)
+                    if self._fixes[table]:
+                        fix_values(self._fixes[table], rows)
                     if isinstance(ev, WriteRowsEvent):
                         changes.extend(RowChange(table, "I", None, r["values"]) for r in rows)
                     elif isinstance(ev, UpdateRowsEvent):
@@ -418,6 +424,84 @@ def _partition_truncate(statement: str, schema: str) -> tuple[str, str] | None:
         if rest[2 * n - 1:2 * n + 1] == [TokenType.TRUNCATE, TokenType.PARTITION]:
             return (schema, name[0]) if n == 1 else (name[0], name[1])
     return None
+
+
+# --- values the decoder does not give as they are ------------------------------
+#
+# A SELECT (the snapshot) returns these exactly; the binlog decoder does not:
+# - BINARY(n): the server leaves the trailing zero bytes out of the binlog
+#   (x'41000000' arrives as b'A', x'00000000' as ''); every value is n bytes,
+#   which the binlog's own column metadata gives (the declared length then).
+# - SET: a Python set; the empty set arrives as None, told apart from NULL
+#   only by the row's none_sources.  MySQL prints a set in definition order.
+# - JSON (MySQL's binary JSON; MariaDB's JSON is text already): Python values.
+Fix = tuple[str, str, Any]  # column name, what, parameter
+
+
+def value_fixes(columns: list[Any]) -> list[Fix]:
+    out: list[Fix] = []
+    for c in columns:
+        if c.type == FIELD_TYPE.STRING and getattr(c, "max_length", 0) and \
+                c.character_set_name in ("binary", None):
+            # (None: no binlog metadata; only bytes values are padded then.)
+            out.append((c.name, "pad", (c.max_length, c.character_set_name == "binary")))
+        elif c.type == FIELD_TYPE.SET and c.set_values:
+            # Without the member names (no binlog_row_metadata=FULL) the
+            # decoder gives None for every value; nothing to tell apart then.
+            out.append((c.name, "set", tuple(c.set_values)))
+        elif c.type == FIELD_TYPE.JSON:
+            out.append((c.name, "json", None))
+    return out
+
+
+def fix_values(fixes: list[Fix], rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        for values_key, nones_key in (("values", "none_sources"),
+                                      ("before_values", "before_none_sources"),
+                                      ("after_values", "after_none_sources")):
+            image = r.get(values_key)
+            if image is None:
+                continue
+            nones = r.get(nones_key) or {}
+            for name, what, param in fixes:
+                v = image.get(name)
+                if what == "pad":
+                    n, binary = param
+                    if type(v) is bytes and len(v) < n:
+                        image[name] = v.ljust(n, b"\0")
+                    elif binary and v == "":
+                        # All zero bytes, stripped to b'', which the decoder
+                        # "decodes" to '' (Python decodes no bytes to str).
+                        image[name] = bytes(n)
+                elif what == "set":
+                    if v is None:
+                        if nones.get(name) == NONE_SOURCE.EMPTY_SET:
+                            image[name] = ""
+                    elif isinstance(v, set | frozenset):
+                        image[name] = ",".join(m for m in param if m in v)
+                elif v is not None:
+                    image[name] = json_text(v)
+
+
+def json_text(v: Any) -> str:
+    """A decoded binary JSON value as MySQL prints it: true stays true, a
+    string stays a string, a DECIMAL keeps every digit.  (The decoder gives a
+    JSON ``null`` as None, like SQL NULL; see docs/types.md.)"""
+    if v is None:
+        return "null"
+    if v is True or v is False:
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return json.dumps(v)
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json_text(k)}: {json_text(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(json_text(x) for x in v) + "]"
+    return json.dumps(str(v), ensure_ascii=False)  # strings, and dates/times as MySQL quotes them
 
 
 def _query_text(ev: QueryEvent) -> str:

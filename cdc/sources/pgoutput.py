@@ -28,6 +28,7 @@ from psycopg.pq import Format
 from cdc import names
 from cdc.errors import SourceError
 from cdc.events import COPY_NULL, UNCHANGED, RowChange
+from cdc.sources import pgjson
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -472,7 +473,8 @@ class Decoder:
 
     def __init__(self, adapters: AdaptersMap | None = None, *, text_values: bool = False,
                  copy_types: frozenset[int] | None = None) -> None:
-        self._adapters = adapters if adapters is not None else postgres.adapters
+        # JSON stays its text (cdc.sources.pgjson: a scalar or a JSON null survives).
+        self._adapters = adapters if adapters is not None else pgjson.adapters()
         # Keep every value as the server's text (see ``text_values`` in
         # cdc.sources.postgres): nothing to convert when the target parses it back.
         self._text_values = text_values

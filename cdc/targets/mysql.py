@@ -38,6 +38,7 @@ from cdc.events import RowChange, TextRows, is_zero_date_text
 from cdc.positions import Position, decode_position
 from cdc.rules.compile import KIND, PARTIAL, SEQ, CompiledRule, StageTable, ident, table_sql
 from cdc.sources.mysql import classify as classify_connect
+from cdc.sources.pgjson import JsonText
 from cdc.targets import isolate, steps
 
 log = logging.getLogger("cdc.target.mysql")
@@ -79,9 +80,28 @@ def classify(e: BaseException, config: Config) -> Exception:
 
 
 def _json_text(v: Any) -> Any:
-    if isinstance(v, dict | list):
-        return json.dumps(v, ensure_ascii=False, default=str)
-    return v
+    """JSON text for a ``json`` staging column.  A str is JSON text already
+    (MySQL's JSON as SELECT and cdc.sources.mysql give it, PostgreSQL's as
+    cdc.sources.pgjson loads it); Python values (PostgreSQL arrays) are
+    written as JSON, JSON text inside them as the value it is."""
+    if isinstance(v, str):
+        return v
+    return _json_dump(v)
+
+
+def _json_dump(v: Any) -> str:
+    if isinstance(v, JsonText):
+        return str(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_json_dump(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)}: {_json_dump(x)}"
+                               for k, x in v.items()) + "}"
+    if v is None or isinstance(v, bool | int | float | str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, Decimal) and v.is_finite():
+        return str(v)
+    return json.dumps(str(v), ensure_ascii=False)
 
 
 def _naive_utc(v: Any) -> Any:
