@@ -466,10 +466,16 @@ class PostgresSource:
         return out
 
     def published_tables(self) -> list[str]:
-        """The tables pg_publication_tables lists (the roots with publish_via_partition_root)."""
-        rows = self._query("SELECT schemaname, tablename FROM pg_publication_tables"
-                           " WHERE pubname = %s", (self.publication,))
-        return [_display(s, t) for s, t in rows]
+        """The tables the publication holds: those pg_publication_tables lists
+        (partitions instead of their root without publish_via_partition_root)
+        and those added to it by name (a partitioned root, whatever the option)."""
+        rows = self._query(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s"
+            " UNION SELECT n.nspname, c.relname FROM pg_publication p"
+            " JOIN pg_publication_rel r ON r.prpubid = p.oid JOIN pg_class c ON c.oid = r.prrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s",
+            (self.publication, self.publication))
+        return sorted(_display(s, t) for s, t in rows)
 
     def _setup_slot(self) -> None:
         info = self.slot_info()
