@@ -13,6 +13,8 @@ import pytest
 from pipeline_helpers import PipelineThread, cdc, write_pipeline
 
 from cdc.config import load
+from cdc.snapshot import estimate_rows
+from cdc.sources import open_source
 
 PG_SRC = """
 CREATE TABLE orders (id integer NOT NULL, region text NOT NULL, amount numeric(10,2) NOT NULL,
@@ -69,6 +71,13 @@ def test_pg_partitioned_source_snapshot_and_stream(pg_partitioned: tuple[Any, An
     # The publication names the root and publishes through it.
     assert src.query("SELECT pubviaroot FROM pg_publication") == [(True,)]
     assert src.query("SELECT tablename FROM pg_publication_tables") == [("orders",)]
+    src.execute("ANALYZE orders")
+    c = load(cfg)
+    source = open_source(c, ["orders"])
+    try:
+        assert estimate_rows(c, source, "orders") == 4  # the partitions' rows
+    finally:
+        source.close()
     cdc("snapshot", "-c", str(cfg))
     assert tgt.query(QUERY.format("t_orders")) == src.query(QUERY.format("orders"))
     assert len(tgt.query(QUERY.format("t_orders"))) == 4  # every partition was read
