@@ -192,3 +192,20 @@ def test_mariadb_partitioned_source_to_pg(tmp_path: Path, mysql_db: Any, pg_db: 
     rows = pg_db.query(QUERY.format("t_orders"))
     assert [r[0] for r in rows] == [2, 60, 70, 500]
     assert [tuple(r) for r in rows] == [tuple(r) for r in mysql_db.query(QUERY.format("orders"))]
+
+
+def test_root_and_its_partition_both_read_is_refused(tmp_path: Path, make_pg_db: Any) -> None:
+    """The partition's changes would arrive under the root only: refuse, don't lose them."""
+    src, tgt = make_pg_db(), make_pg_db()
+    src.execute(PG_SRC)
+    tgt.execute(TGT["postgresql"] + "; CREATE TABLE t_eu (id integer PRIMARY KEY)")
+    cfg = write_pipeline(tmp_path, src.url, tgt.url, {
+        "orders": RULE, "eu": "INSERT INTO t_eu (id) SELECT e.id FROM orders_eu AS e"},
+        name=f"part_{src.name}")
+    try:
+        setup = cdc("setup", "-c", str(cfg), check=False)
+        assert setup.returncode != 0
+        assert "orders and its partition orders_eu" in setup.stderr + setup.stdout
+        assert src.query("SELECT count(*) FROM pg_publication") == [(0,)]
+    finally:
+        _teardown(cfg)

@@ -463,7 +463,27 @@ class PostgresSource:
                     fix=f"ALTER TABLE {_quote_qualified(schema, name)} REPLICA IDENTITY FULL; "
                         "(or add a primary key)")
             out[t] = oid
+        self._check_no_partition_of_another(out)
         return out
+
+    def _check_no_partition_of_another(self, tables: dict[str, int]) -> None:
+        """A partition and its root both read: PostgreSQL would publish the
+        partition's changes under the root only, and the partition's rules would
+        never see them."""
+        if len(tables) < 2 or not self._has_via_root():
+            return
+        by_oid = {oid: t for t, oid in tables.items()}
+        for t, oid in tables.items():
+            rows = self._query("SELECT relid::int FROM pg_partition_ancestors(%s::oid::regclass)"
+                               " WHERE relid <> %s::oid::regclass", (oid, oid))
+            for (ancestor,) in rows:
+                if ancestor in by_oid:
+                    raise SourceError(
+                        f"{self._where}: the rules read both {by_oid[ancestor]} and its "
+                        f"partition {t}; PostgreSQL publishes the partition's changes under "
+                        f"{by_oid[ancestor]} only, so the rules reading {t} would miss them",
+                        fix=f"read {by_oid[ancestor]} (with a WHERE on the partition key) "
+                            f"instead of {t}, or the partitions alone")
 
     def published_tables(self) -> list[str]:
         """The tables the publication holds: those pg_publication_tables lists
