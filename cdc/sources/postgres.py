@@ -391,7 +391,9 @@ class PostgresSource:
         identity, or its updates fail on the source.  Returns (root, partition,
         fix, whether the root is FULL) for each.
         """
-        out = []
+        out: list[tuple[str, str, str, bool]] = []
+        if not self._has_via_root():
+            return out  # before PostgreSQL 13 a partitioned table cannot be published
         for t in self.tables:
             schema, name = split_name(t, "public")
             rows = self._query(
