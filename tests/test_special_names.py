@@ -303,7 +303,8 @@ def test_mixed_case_names(tmp_path: Path, make_pg_db: Any) -> None:
                 'CREATE TABLE "MIXEDCASE" (id integer PRIMARY KEY, v text)')  # decoy
     tgt.execute('CREATE TABLE "Out" (src text, id integer, v text, PRIMARY KEY (src, id))')
     cfg = write_pipeline(tmp_path, src.url, tgt.url, {
-        "folded": "INSERT INTO \"Out\" (src, id, v) SELECT 'm', m.id, m.v FROM MixedCase AS m",
+        "folded": "INSERT INTO \"Out\" (src, id, v) SELECT 'm', m.id, m.v"
+                  " FROM public.MixedCase AS m",
         "camel": "INSERT INTO \"Out\" (src, id, v) SELECT 'c', c.id, c.v FROM \"CamelCase\" AS c",
     }, name=f"n_{src.name}")
     try:
@@ -336,6 +337,8 @@ def test_rule_names_keep_their_parts() -> None:
     pg = parse_rule("r", "r.sql", text, "postgres")
     # The source folds as PostgreSQL folds; the target (maybe MySQL) stays as written.
     assert (pg.target.name, pg.source.name) == ("Tgt", "sales.orders")
+    assert parse_rule("r", "r.sql", text.replace("Sales.", "public."), "postgres").source.name \
+        == "orders"  # as pgoutput names it
     assert [lk.name for lk in pg.lookups] == ['"Map.1"', 'x."y.z"']
     assert (pg.lookups[1].schema, pg.lookups[1].table) == ("x", "y.z")
     my = parse_rule("r", "r.sql", text.replace('"', "`"), "mysql")

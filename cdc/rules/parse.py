@@ -79,7 +79,9 @@ def table_name(t: exp.Table, fold: bool = False) -> str:
     """The table's name text (cdc.names) from the parsed parts, never from a
     dotted string: ``"a.b"`` stays one table, ``s."t.b"`` is table ``t.b`` in
     ``s``.  A catalog (database) part, which PostgreSQL allows, is dropped.
-    With ``fold``, unquoted parts are folded to lower case as PostgreSQL does."""
+    With ``fold`` (a table in PostgreSQL), unquoted parts are folded to lower
+    case as PostgreSQL does, and schema ``public`` is left out as PostgreSQL's
+    relation names leave it out: ``public.Orders`` is ``orders``."""
     def part(i: exp.Identifier) -> str:
         if fold and not i.quoted:
             return i.name.lower()
@@ -88,7 +90,10 @@ def table_name(t: exp.Table, fold: bool = False) -> str:
     db = t.args.get("db")
     this = t.this
     name = part(this) if isinstance(this, exp.Identifier) else t.name
-    return names.qualified(part(db) if isinstance(db, exp.Identifier) else None, name)
+    schema = part(db) if isinstance(db, exp.Identifier) else None
+    if fold and schema == "public":
+        schema = None
+    return names.qualified(schema, name)
 
 
 def load_rules(directory: Path, default_dialect: str,
