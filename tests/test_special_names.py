@@ -33,11 +33,14 @@ DECOY = {
     "mysql": None,
     "postgresql": "CREATE SCHEMA a; CREATE TABLE a.b (x integer PRIMARY KEY)",
 }
+# The CHECK makes a dead letter of a row with MixedCase >= 100.
 TGT_DDL = {
     "mysql": "CREATE TABLE `we&ird *@^ name` (`Id` INT PRIMARY KEY, `prénom` VARCHAR(50),"
-             " `it's \"q\"` VARCHAR(20), `MixedCase` INT) DEFAULT CHARSET=utf8mb4",
+             " `it's \"q\"` VARCHAR(20), `MixedCase` INT,"
+             " CONSTRAINT `small` CHECK (`MixedCase` < 100)) DEFAULT CHARSET=utf8mb4",
     "postgresql": 'CREATE TABLE "we&ird *@^ name" ("Id" integer PRIMARY KEY, "prénom" text,'
-                  ' "it\'s ""q""" text, "MixedCase" integer)',
+                  ' "it\'s ""q""" text, "MixedCase" integer,'
+                  ' CONSTRAINT small CHECK ("MixedCase" < 100))',
 }
 RULE = {
     "mysql": "INSERT INTO `we&ird *@^ name` (`Id`, `prénom`, `it's \"q\"`, `MixedCase`)\n"
@@ -125,17 +128,29 @@ def test_dotted_table_name_all_directions(direction: tuple[Any, Any, Path]) -> N
                     f" WHERE {q(src.kind, 'Id')} = 3")  # enters it
         src.execute(insert, (5, None, None, 1))
         src.execute(f"DELETE FROM {q(src.kind, 'a.b')} WHERE {q(src.kind, 'Id')} = 5")
+        src.execute(insert, (6, "big", "x", 500))  # the target's CHECK refuses it
         p.wait_caught_up()
         time.sleep(0.3)
         p.wait_caught_up()
     got = rows(tgt, "we&ird *@^ name")
-    assert got == expected(src) == [(1, "éè", "o'clock", 5), (3, "中文", "x`y", 3),
-                                    (20, "Ærøskøbing", 'say "hi"', 0)]
-    assert cdc("dlq", "list", "-c", str(cfg)).stdout.count("a.b") == 0
+    assert got == [(1, "éè", "o'clock", 5), (3, "中文", "x`y", 3),
+                   (20, "Ærøskøbing", 'say "hi"', 0)]
+    dead = json.loads(cdc("dlq", "list", "-c", str(cfg), "--json").stdout)
+    assert [(d["rule"], d["source_table"], d["operation"]) for d in dead] == [
+        ("a.b", '"a.b"', "I")]
+    # Retried from the source row as it is now, read back by its quoted name.
+    src.execute(f"UPDATE {q(src.kind, 'a.b')} SET {q(src.kind, 'MixedCase')} = 50"
+                f" WHERE {q(src.kind, 'Id')} = 6")
+    retried = json.loads(cdc("dlq", "retry", "-c", str(cfg), "--all", "--json").stdout)
+    assert retried == {"tried": 1, "applied": 1, "failed": 0, "skipped": 0}
+    assert json.loads(cdc("dlq", "list", "-c", str(cfg), "--json").stdout) == []
+    assert rows(tgt, "we&ird *@^ name") == expected(src) == [
+        (1, "éè", "o'clock", 5), (3, "中文", "x`y", 3), (6, "big", "x", 50),
+        (20, "Ærøskøbing", 'say "hi"', 0)]
     for spelling in ("a.b", '"a.b"'):
         report = json.loads(cdc("verify", "-c", str(cfg), "--json", "--table", spelling).stdout)
         assert [(r["source_table"], r["ok"], r["expected"], r["missing"], r["different"])
-                for r in report] == [('"a.b"', True, 3, 0, 0)]
+                for r in report] == [('"a.b"', True, 4, 0, 0)]
     tgt.execute(f"DELETE FROM {q(tgt.kind, 'we&ird *@^ name')} WHERE {q(tgt.kind, 'Id')} = 3")
     bad = cdc("verify", "-c", str(cfg), check=False)
     assert bad.returncode == 1 and "1 missing" in bad.stdout
