@@ -19,6 +19,7 @@ from pipeline_helpers import PipelineThread, cdc, write_pipeline
 
 from cdc import names
 from cdc.config import DatabaseUrl, load
+from cdc.errors import ConfigError
 
 # Source table `a.b`; the target table `we&ird *@^ name`.
 COLS = ["Id", "prénom", "it's \"q\"", "MixedCase"]
@@ -360,3 +361,32 @@ def test_rule_names_keep_their_parts() -> None:
     assert (my.target.name, my.source.name) == ("Tgt", "Sales.Orders")
     assert [lk.name for lk in my.lookups] == ['"Map.1"', 'x."y.z"']
     assert (my.source.schema, my.source.table) == ("Sales", "Orders")
+
+
+@pytest.mark.parametrize(("url", "want"), [
+    ("postgresql://u:p%40ss@h:6543/db?sslmode=require",
+     ("h", 6543, "u", "p@ss", "db", {"sslmode": "require"})),
+    ("mysql://u:p@ss:w/rd#1?@127.0.0.1/my%20db", ("127.0.0.1", 3306, "u", "p@ss:w/rd#1?",
+                                                  "my db", {})),
+    ("pg://h/db", ("h", 5432, "", "", "db", {})),
+    ("postgresql://u@[::1]:5433/d", ("::1", 5433, "u", "", "d", {})),
+    ("mariadb://u:@h/d%2Fx", ("h", 3306, "u", "", "d/x", {})),
+    ("postgresql://u@h/d?application_name=a%20b", ("h", 5432, "u", "", "d",
+                                                  {"application_name": "a b"})),
+])
+def test_url_parts(url: str, want: tuple[Any, ...]) -> None:
+    u = DatabaseUrl.parse(url)
+    assert (u.host, u.port, u.user, u.password, u.database, u.params) == want
+
+
+def test_libpq_gets_the_parsed_parts() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    u = DatabaseUrl.parse("postgresql://us er:p@ss/w#rd@h:6543/my%20db?sslmode=disable")
+    assert conninfo_to_dict(u.libpq()) == {"host": "h", "port": "6543", "user": "us er",
+                                          "password": "p@ss/w#rd", "dbname": "my db",
+                                          "sslmode": "disable"}
+    # No host: libpq's Unix socket, as a raw URL would have it.
+    assert "host" not in conninfo_to_dict(DatabaseUrl.parse("postgresql:///crm").libpq())
+    with pytest.raises(ConfigError, match="bad port"):
+        DatabaseUrl.parse("mysql://h:99999/d")
