@@ -21,13 +21,13 @@ from cdc import names
 from cdc.config import DatabaseUrl, load
 from cdc.errors import ConfigError
 
-# Source table `a.b`; the target table `we&ird *@^ name`.
-COLS = ["Id", "prénom", "it's \"q\"", "MixedCase"]
+# Source table `a.b`; the target table `we&ird *@^ name`; a column `it's "q".x`.
+COLS = ["Id", "prénom", "it's \"q\".x", "MixedCase"]
 SRC_DDL = {
     "mysql": "CREATE TABLE `a.b` (`Id` INT PRIMARY KEY, `prénom` VARCHAR(50),"
-             " `it's \"q\"` VARCHAR(20), `MixedCase` INT) DEFAULT CHARSET=utf8mb4",
+             " `it's \"q\".x` VARCHAR(20), `MixedCase` INT) DEFAULT CHARSET=utf8mb4",
     "postgresql": 'CREATE TABLE "a.b" ("Id" integer PRIMARY KEY, "prénom" text,'
-                  ' "it\'s ""q""" text, "MixedCase" integer)',
+                  ' "it\'s ""q"".x" text, "MixedCase" integer)',
 }
 # A decoy: what splitting `a.b` at the dot would find, if schema `a` existed.
 DECOY = {
@@ -37,19 +37,19 @@ DECOY = {
 # The CHECK makes a dead letter of a row with MixedCase >= 100.
 TGT_DDL = {
     "mysql": "CREATE TABLE `we&ird *@^ name` (`Id` INT PRIMARY KEY, `prénom` VARCHAR(50),"
-             " `it's \"q\"` VARCHAR(20), `MixedCase` INT,"
+             " `it's \"q\".x` VARCHAR(20), `MixedCase` INT,"
              " CONSTRAINT `small` CHECK (`MixedCase` < 100)) DEFAULT CHARSET=utf8mb4",
     "postgresql": 'CREATE TABLE "we&ird *@^ name" ("Id" integer PRIMARY KEY, "prénom" text,'
-                  ' "it\'s ""q""" text, "MixedCase" integer,'
+                  ' "it\'s ""q"".x" text, "MixedCase" integer,'
                   ' CONSTRAINT small CHECK ("MixedCase" < 100))',
 }
 RULE = {
-    "mysql": "INSERT INTO `we&ird *@^ name` (`Id`, `prénom`, `it's \"q\"`, `MixedCase`)\n"
-             "SELECT s.`Id`, COALESCE(s.`prénom`, '-'), s.`it's \"q\"`, s.`MixedCase`\n"
+    "mysql": "INSERT INTO `we&ird *@^ name` (`Id`, `prénom`, `it's \"q\".x`, `MixedCase`)\n"
+             "SELECT s.`Id`, COALESCE(s.`prénom`, '-'), s.`it's \"q\".x`, s.`MixedCase`\n"
              "FROM `a.b` AS s WHERE s.`MixedCase` >= 0",
     # No alias: the columns are qualified by the quoted table name itself.
-    "postgresql": 'INSERT INTO "we&ird *@^ name" ("Id", "prénom", "it\'s ""q""", "MixedCase")\n'
-                  'SELECT "a.b"."Id", COALESCE("a.b"."prénom", \'-\'), "a.b"."it\'s ""q""",'
+    "postgresql": 'INSERT INTO "we&ird *@^ name" ("Id", "prénom", "it\'s ""q"".x", "MixedCase")\n'
+                  'SELECT "a.b"."Id", COALESCE("a.b"."prénom", \'-\'), "a.b"."it\'s ""q"".x",'
                   ' "a.b"."MixedCase"\n'
                   'FROM "a.b" WHERE "a.b"."MixedCase" >= 0',
 }
