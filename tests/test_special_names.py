@@ -390,3 +390,23 @@ def test_libpq_gets_the_parsed_parts() -> None:
     assert "host" not in conninfo_to_dict(DatabaseUrl.parse("postgresql:///crm").libpq())
     with pytest.raises(ConfigError, match="bad port"):
         DatabaseUrl.parse("mysql://h:99999/d")
+
+
+def test_tables_differing_only_in_case_or_accents(tmp_path: Path, make_mysql_db: Any) -> None:
+    """MariaDB table names are case-sensitive (and never accent-blind): `Orders`,
+    `orders` and `ordérs` are three tables, each with its own snapshot progress
+    in a MySQL target's bookkeeping."""
+    src, tgt = make_mysql_db(), make_mysql_db()
+    tables = ["Orders", "orders", "ordérs"]
+    for i, t in enumerate(tables):
+        src.execute(f"CREATE TABLE `{t}` (id INT PRIMARY KEY) DEFAULT CHARSET=utf8mb4")
+        src.execute(f"INSERT INTO `{t}` VALUES " + ", ".join(f"({j})" for j in range(i + 1)))
+        tgt.execute(f"CREATE TABLE `t{i}` (id INT PRIMARY KEY)")
+    cfg = write_pipeline(tmp_path, src.url, tgt.url, {
+        f"r{i}": f"INSERT INTO `t{i}` (id) SELECT s.id FROM `{t}` AS s"
+        for i, t in enumerate(tables)}, name=f"n_{src.name}")
+    cdc("setup", "-c", str(cfg))
+    cdc("snapshot", "-c", str(cfg))
+    assert [tgt.scalar(f"SELECT COUNT(*) FROM `t{i}`") for i in range(3)] == [1, 2, 3]
+    assert sorted(r[0] for r in tgt.query("SELECT table_name FROM cdc_snapshot_tables")) == \
+        sorted(tables)
