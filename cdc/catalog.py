@@ -142,7 +142,7 @@ def pg_table(conn: Any, name: str, default_schema: str = "public") -> TableSchem
         return None
     oid, ident, relkind = row
     ident = _s(ident)
-    if _s(relkind) == "p":
+    if _s(relkind) == "p" and conn.info.server_version >= 120000:  # pg_partition_tree
         ident = _partitioned_identity(conn, oid, ident)
     cols = tuple(
         Column(r[0], r[1], not r[2], r[3], r[4])

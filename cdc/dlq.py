@@ -70,13 +70,27 @@ def fetch_current(config: Config, source: Any, table: str, pk: list[str],
                 what = sql.SQL(", ").join(
                     sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(c))
                     for c in schema_.column_names)
+            # The key as text too: a dead letter's image holds COPY text when the
+            # stream carried it so (cdc.events.TextRows), values otherwise; a
+            # key that matched neither would read as "the row is gone" and the
+            # retry would delete instead of apply.
+            text_keys = [f"_cdc_key_{i}" for i in range(len(pk))]
+            what = sql.SQL(", ").join([what, *(
+                sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(k))
+                for c, k in zip(pk, text_keys, strict=True))])
             q = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({})").format(
                 what, tref, sql.SQL(", ").join(sql.Identifier(c) for c in pk),
                 sql.SQL(", ").join(sql.SQL("({})").format(
                     sql.SQL(", ").join(sql.Placeholder() * len(pk))) for _ in keys))
             cur = conn.execute(q, [v for k in keys for v in k])
-            names = [c.name for c in cur.description or []]
-            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            fetched = [c.name for c in cur.description or []]
+            out: dict[tuple[Any, ...], dict[str, Any]] = {}
+            for r in cur.fetchall():
+                row = dict(zip(fetched, r, strict=True))
+                as_text = tuple(row.pop(k) for k in text_keys)
+                out[tuple(row[c] for c in pk)] = row
+                out.setdefault(as_text, row)
+            return out
     return {tuple(r[c] for c in pk): r for r in rows}
 
 

@@ -277,10 +277,15 @@ def estimate_rows(config: Config, source: Any, table: str) -> int | None:
                             split_name(table, config.source.database))
                 row = cur.fetchone()
                 return int(row[0]) if row and row[0] is not None else None
-        rows = source._query("SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n"
-                             " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        # A partitioned table holds no rows itself: count its partitions' (a
+        # plain table is its own one leaf).
+        rows = source._query("SELECT sum(GREATEST(l.reltuples, 0))::bigint FROM pg_class c"
+                             " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                             " JOIN LATERAL pg_partition_tree(c.oid) p ON p.isleaf"
+                             " JOIN pg_class l ON l.oid = p.relid"
+                             " WHERE n.nspname = %s AND c.relname = %s",
                              split_name(table, "public"))
-        return max(0, int(rows[0][0])) if rows else None
+        return max(0, int(rows[0][0])) if rows and rows[0][0] is not None else None
     except (CdcError, Exception):  # an estimate is a nicety, never a failure
         return None
 

@@ -13,6 +13,8 @@ import pytest
 from pipeline_helpers import PipelineThread, cdc, write_pipeline
 
 from cdc.config import load
+from cdc.snapshot import estimate_rows
+from cdc.sources import open_source
 
 PG_SRC = """
 CREATE TABLE orders (id integer NOT NULL, region text NOT NULL, amount numeric(10,2) NOT NULL,
@@ -69,6 +71,13 @@ def test_pg_partitioned_source_snapshot_and_stream(pg_partitioned: tuple[Any, An
     # The publication names the root and publishes through it.
     assert src.query("SELECT pubviaroot FROM pg_publication") == [(True,)]
     assert src.query("SELECT tablename FROM pg_publication_tables") == [("orders",)]
+    src.execute("ANALYZE orders")
+    c = load(cfg)
+    source = open_source(c, ["orders"])
+    try:
+        assert estimate_rows(c, source, "orders") == 4  # the partitions' rows
+    finally:
+        source.close()
     cdc("snapshot", "-c", str(cfg))
     assert tgt.query(QUERY.format("t_orders")) == src.query(QUERY.format("orders"))
     assert len(tgt.query(QUERY.format("t_orders"))) == 4  # every partition was read
@@ -141,7 +150,9 @@ def test_publication_of_an_older_cdc_is_fixed_by_setup(tmp_path: Path, make_pg_d
         src.execute(f'ALTER PUBLICATION "{c.publication}" SET (publish_via_partition_root = false)')
         doctor = cdc("doctor", "-c", str(cfg), check=False)
         assert doctor.returncode != 0
-        assert "publish_via_partition_root" in doctor.stdout + doctor.stderr
+        assert "FAIL publish_via_partition_root" in doctor.stdout
+        # The root is in the publication: only the option is wrong, and doctor says just that.
+        assert "ok   publication has orders" in doctor.stdout
         run = cdc("run", "-c", str(cfg), check=False, timeout=60)
         assert run.returncode != 0 and "publish_via_partition_root" in run.stderr
         cdc("setup", "-c", str(cfg))
@@ -181,3 +192,20 @@ def test_mariadb_partitioned_source_to_pg(tmp_path: Path, mysql_db: Any, pg_db: 
     rows = pg_db.query(QUERY.format("t_orders"))
     assert [r[0] for r in rows] == [2, 60, 70, 500]
     assert [tuple(r) for r in rows] == [tuple(r) for r in mysql_db.query(QUERY.format("orders"))]
+
+
+def test_root_and_its_partition_both_read_is_refused(tmp_path: Path, make_pg_db: Any) -> None:
+    """The partition's changes would arrive under the root only: refuse, don't lose them."""
+    src, tgt = make_pg_db(), make_pg_db()
+    src.execute(PG_SRC)
+    tgt.execute(TGT["postgresql"] + "; CREATE TABLE t_eu (id integer PRIMARY KEY)")
+    cfg = write_pipeline(tmp_path, src.url, tgt.url, {
+        "orders": RULE, "eu": "INSERT INTO t_eu (id) SELECT e.id FROM orders_eu AS e"},
+        name=f"part_{src.name}")
+    try:
+        setup = cdc("setup", "-c", str(cfg), check=False)
+        assert setup.returncode != 0
+        assert "orders and its partition orders_eu" in setup.stderr + setup.stdout
+        assert src.query("SELECT count(*) FROM pg_publication") == [(0,)]
+    finally:
+        _teardown(cfg)

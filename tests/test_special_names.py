@@ -19,33 +19,37 @@ from pipeline_helpers import PipelineThread, cdc, write_pipeline
 
 from cdc import names
 from cdc.config import DatabaseUrl, load
+from cdc.errors import ConfigError
 
-# Source table `a.b`; the target table `we&ird *@^ name`.
-COLS = ["Id", "prénom", "it's \"q\"", "MixedCase"]
+# Source table `a.b`; the target table `we&ird *@^ name`; a column `it's "q".x`.
+COLS = ["Id", "prénom", "it's \"q\".x", "MixedCase"]
 SRC_DDL = {
     "mysql": "CREATE TABLE `a.b` (`Id` INT PRIMARY KEY, `prénom` VARCHAR(50),"
-             " `it's \"q\"` VARCHAR(20), `MixedCase` INT) DEFAULT CHARSET=utf8mb4",
+             " `it's \"q\".x` VARCHAR(20), `MixedCase` INT) DEFAULT CHARSET=utf8mb4",
     "postgresql": 'CREATE TABLE "a.b" ("Id" integer PRIMARY KEY, "prénom" text,'
-                  ' "it\'s ""q""" text, "MixedCase" integer)',
+                  ' "it\'s ""q"".x" text, "MixedCase" integer)',
 }
 # A decoy: what splitting `a.b` at the dot would find, if schema `a` existed.
 DECOY = {
     "mysql": None,
     "postgresql": "CREATE SCHEMA a; CREATE TABLE a.b (x integer PRIMARY KEY)",
 }
+# The CHECK makes a dead letter of a row with MixedCase >= 100.
 TGT_DDL = {
     "mysql": "CREATE TABLE `we&ird *@^ name` (`Id` INT PRIMARY KEY, `prénom` VARCHAR(50),"
-             " `it's \"q\"` VARCHAR(20), `MixedCase` INT) DEFAULT CHARSET=utf8mb4",
+             " `it's \"q\".x` VARCHAR(20), `MixedCase` INT,"
+             " CONSTRAINT `small` CHECK (`MixedCase` < 100)) DEFAULT CHARSET=utf8mb4",
     "postgresql": 'CREATE TABLE "we&ird *@^ name" ("Id" integer PRIMARY KEY, "prénom" text,'
-                  ' "it\'s ""q""" text, "MixedCase" integer)',
+                  ' "it\'s ""q"".x" text, "MixedCase" integer,'
+                  ' CONSTRAINT small CHECK ("MixedCase" < 100))',
 }
 RULE = {
-    "mysql": "INSERT INTO `we&ird *@^ name` (`Id`, `prénom`, `it's \"q\"`, `MixedCase`)\n"
-             "SELECT s.`Id`, COALESCE(s.`prénom`, '-'), s.`it's \"q\"`, s.`MixedCase`\n"
+    "mysql": "INSERT INTO `we&ird *@^ name` (`Id`, `prénom`, `it's \"q\".x`, `MixedCase`)\n"
+             "SELECT s.`Id`, COALESCE(s.`prénom`, '-'), s.`it's \"q\".x`, s.`MixedCase`\n"
              "FROM `a.b` AS s WHERE s.`MixedCase` >= 0",
     # No alias: the columns are qualified by the quoted table name itself.
-    "postgresql": 'INSERT INTO "we&ird *@^ name" ("Id", "prénom", "it\'s ""q""", "MixedCase")\n'
-                  'SELECT "a.b"."Id", COALESCE("a.b"."prénom", \'-\'), "a.b"."it\'s ""q""",'
+    "postgresql": 'INSERT INTO "we&ird *@^ name" ("Id", "prénom", "it\'s ""q"".x", "MixedCase")\n'
+                  'SELECT "a.b"."Id", COALESCE("a.b"."prénom", \'-\'), "a.b"."it\'s ""q"".x",'
                   ' "a.b"."MixedCase"\n'
                   'FROM "a.b" WHERE "a.b"."MixedCase" >= 0',
 }
@@ -125,17 +129,29 @@ def test_dotted_table_name_all_directions(direction: tuple[Any, Any, Path]) -> N
                     f" WHERE {q(src.kind, 'Id')} = 3")  # enters it
         src.execute(insert, (5, None, None, 1))
         src.execute(f"DELETE FROM {q(src.kind, 'a.b')} WHERE {q(src.kind, 'Id')} = 5")
+        src.execute(insert, (6, "big", "x", 500))  # the target's CHECK refuses it
         p.wait_caught_up()
         time.sleep(0.3)
         p.wait_caught_up()
     got = rows(tgt, "we&ird *@^ name")
-    assert got == expected(src) == [(1, "éè", "o'clock", 5), (3, "中文", "x`y", 3),
-                                    (20, "Ærøskøbing", 'say "hi"', 0)]
-    assert cdc("dlq", "list", "-c", str(cfg)).stdout.count("a.b") == 0
+    assert got == [(1, "éè", "o'clock", 5), (3, "中文", "x`y", 3),
+                   (20, "Ærøskøbing", 'say "hi"', 0)]
+    dead = json.loads(cdc("dlq", "list", "-c", str(cfg), "--json").stdout)
+    assert [(d["rule"], d["source_table"], d["operation"]) for d in dead] == [
+        ("a.b", '"a.b"', "I")]
+    # Retried from the source row as it is now, read back by its quoted name.
+    src.execute(f"UPDATE {q(src.kind, 'a.b')} SET {q(src.kind, 'MixedCase')} = 50"
+                f" WHERE {q(src.kind, 'Id')} = 6")
+    retried = json.loads(cdc("dlq", "retry", "-c", str(cfg), "--all", "--json").stdout)
+    assert retried == {"tried": 1, "applied": 1, "failed": 0, "skipped": 0}
+    assert json.loads(cdc("dlq", "list", "-c", str(cfg), "--json").stdout) == []
+    assert rows(tgt, "we&ird *@^ name") == expected(src) == [
+        (1, "éè", "o'clock", 5), (3, "中文", "x`y", 3), (6, "big", "x", 50),
+        (20, "Ærøskøbing", 'say "hi"', 0)]
     for spelling in ("a.b", '"a.b"'):
         report = json.loads(cdc("verify", "-c", str(cfg), "--json", "--table", spelling).stdout)
         assert [(r["source_table"], r["ok"], r["expected"], r["missing"], r["different"])
-                for r in report] == [('"a.b"', True, 3, 0, 0)]
+                for r in report] == [('"a.b"', True, 4, 0, 0)]
     tgt.execute(f"DELETE FROM {q(tgt.kind, 'we&ird *@^ name')} WHERE {q(tgt.kind, 'Id')} = 3")
     bad = cdc("verify", "-c", str(cfg), check=False)
     assert bad.returncode == 1 and "1 missing" in bad.stdout
@@ -303,7 +319,8 @@ def test_mixed_case_names(tmp_path: Path, make_pg_db: Any) -> None:
                 'CREATE TABLE "MIXEDCASE" (id integer PRIMARY KEY, v text)')  # decoy
     tgt.execute('CREATE TABLE "Out" (src text, id integer, v text, PRIMARY KEY (src, id))')
     cfg = write_pipeline(tmp_path, src.url, tgt.url, {
-        "folded": "INSERT INTO \"Out\" (src, id, v) SELECT 'm', m.id, m.v FROM MixedCase AS m",
+        "folded": "INSERT INTO \"Out\" (src, id, v) SELECT 'm', m.id, m.v"
+                  " FROM public.MixedCase AS m",
         "camel": "INSERT INTO \"Out\" (src, id, v) SELECT 'c', c.id, c.v FROM \"CamelCase\" AS c",
     }, name=f"n_{src.name}")
     try:
@@ -334,10 +351,62 @@ def test_rule_names_keep_their_parts() -> None:
     text = ('INSERT INTO Tgt (a) SELECT s.a FROM Sales.Orders AS s'
             ' JOIN "Map.1" AS m ON m.a = s.a JOIN x."y.z" AS n ON n.a = s.a')
     pg = parse_rule("r", "r.sql", text, "postgres")
-    assert (pg.target.name, pg.source.name) == ("tgt", "sales.orders")
+    # The source folds as PostgreSQL folds; the target (maybe MySQL) stays as written.
+    assert (pg.target.name, pg.source.name) == ("Tgt", "sales.orders")
+    assert parse_rule("r", "r.sql", text.replace("Sales.", "public."), "postgres").source.name \
+        == "orders"  # as pgoutput names it
     assert [lk.name for lk in pg.lookups] == ['"Map.1"', 'x."y.z"']
     assert (pg.lookups[1].schema, pg.lookups[1].table) == ("x", "y.z")
     my = parse_rule("r", "r.sql", text.replace('"', "`"), "mysql")
     assert (my.target.name, my.source.name) == ("Tgt", "Sales.Orders")
     assert [lk.name for lk in my.lookups] == ['"Map.1"', 'x."y.z"']
     assert (my.source.schema, my.source.table) == ("Sales", "Orders")
+
+
+@pytest.mark.parametrize(("url", "want"), [
+    ("postgresql://u:p%40ss@h:6543/db?sslmode=require",
+     ("h", 6543, "u", "p@ss", "db", {"sslmode": "require"})),
+    ("mysql://u:p@ss:w/rd#1?@127.0.0.1/my%20db", ("127.0.0.1", 3306, "u", "p@ss:w/rd#1?",
+                                                  "my db", {})),
+    ("pg://h/db", ("h", 5432, "", "", "db", {})),
+    ("postgresql://u@[::1]:5433/d", ("::1", 5433, "u", "", "d", {})),
+    ("mariadb://u:@h/d%2Fx", ("h", 3306, "u", "", "d/x", {})),
+    ("postgresql://u@h/d?application_name=a%20b", ("h", 5432, "u", "", "d",
+                                                  {"application_name": "a b"})),
+])
+def test_url_parts(url: str, want: tuple[Any, ...]) -> None:
+    u = DatabaseUrl.parse(url)
+    assert (u.host, u.port, u.user, u.password, u.database, u.params) == want
+
+
+def test_libpq_gets_the_parsed_parts() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    u = DatabaseUrl.parse("postgresql://us er:p@ss/w#rd@h:6543/my%20db?sslmode=disable")
+    assert conninfo_to_dict(u.libpq()) == {"host": "h", "port": "6543", "user": "us er",
+                                          "password": "p@ss/w#rd", "dbname": "my db",
+                                          "sslmode": "disable"}
+    # No host: libpq's Unix socket, as a raw URL would have it.
+    assert "host" not in conninfo_to_dict(DatabaseUrl.parse("postgresql:///crm").libpq())
+    with pytest.raises(ConfigError, match="bad port"):
+        DatabaseUrl.parse("mysql://h:99999/d")
+
+
+def test_tables_differing_only_in_case_or_accents(tmp_path: Path, make_mysql_db: Any) -> None:
+    """MariaDB table names are case-sensitive (and never accent-blind): `Orders`,
+    `orders` and `ordérs` are three tables, each with its own snapshot progress
+    in a MySQL target's bookkeeping."""
+    src, tgt = make_mysql_db(), make_mysql_db()
+    tables = ["Orders", "orders", "ordérs"]
+    for i, t in enumerate(tables):
+        src.execute(f"CREATE TABLE `{t}` (id INT PRIMARY KEY) DEFAULT CHARSET=utf8mb4")
+        src.execute(f"INSERT INTO `{t}` VALUES " + ", ".join(f"({j})" for j in range(i + 1)))
+        tgt.execute(f"CREATE TABLE `t{i}` (id INT PRIMARY KEY)")
+    cfg = write_pipeline(tmp_path, src.url, tgt.url, {
+        f"r{i}": f"INSERT INTO `t{i}` (id) SELECT s.id FROM `{t}` AS s"
+        for i, t in enumerate(tables)}, name=f"n_{src.name}")
+    cdc("setup", "-c", str(cfg))
+    cdc("snapshot", "-c", str(cfg))
+    assert [tgt.scalar(f"SELECT COUNT(*) FROM `t{i}`") for i in range(3)] == [1, 2, 3]
+    assert sorted(r[0] for r in tgt.query("SELECT table_name FROM cdc_snapshot_tables")) == \
+        sorted(tables)

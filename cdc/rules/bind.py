@@ -121,7 +121,7 @@ def bind(rule: Rule, source: TableSchema | None, target: TableSchema | None,
         if sub is rule.select:
             continue
         for t in sub.find_all(exp.Table):
-            tname = table_name(t, rule.dialect)
+            tname = table_name(t, fold=rule.dialect == "postgres")
             if tname.lower() == rule.source.name.lower() or (
                     tname not in lookups and is_source_table(tname)):
                 raise rule.error(f"a subquery reads source table {tname!r}: rules may read only "

@@ -75,21 +75,25 @@ def line_of(node: exp.Expr | None) -> int | None:
     return None
 
 
-def table_name(t: exp.Table, dialect: str) -> str:
+def table_name(t: exp.Table, fold: bool = False) -> str:
     """The table's name text (cdc.names) from the parsed parts, never from a
     dotted string: ``"a.b"`` stays one table, ``s."t.b"`` is table ``t.b`` in
     ``s``.  A catalog (database) part, which PostgreSQL allows, is dropped.
-    PostgreSQL folds an unquoted name to lower case, so a rule in its dialect
-    does too (``FROM Orders`` reads ``orders``); MySQL keeps names as written."""
+    With ``fold`` (a table in PostgreSQL), unquoted parts are folded to lower
+    case as PostgreSQL does, and schema ``public`` is left out as PostgreSQL's
+    relation names leave it out: ``public.Orders`` is ``orders``."""
     def part(i: exp.Identifier) -> str:
-        if dialect == "postgres" and not i.quoted:
+        if fold and not i.quoted:
             return i.name.lower()
         return i.name
 
     db = t.args.get("db")
     this = t.this
     name = part(this) if isinstance(this, exp.Identifier) else t.name
-    return names.qualified(part(db) if isinstance(db, exp.Identifier) else None, name)
+    schema = part(db) if isinstance(db, exp.Identifier) else None
+    if fold and schema == "public":
+        schema = None
+    return names.qualified(schema, name)
 
 
 def load_rules(directory: Path, default_dialect: str,
@@ -156,7 +160,7 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
         target_node = target_node.this
     if not isinstance(target_node, exp.Table):
         raise fail("INSERT INTO must name a target table", tree)
-    target = TableRef(table_name(target_node, dialect), target_node.name, line_of(target_node) or 1)
+    target = TableRef(table_name(target_node), target_node.name, line_of(target_node) or 1)
 
     select = tree.expression
     if isinstance(select, exp.Subquery):
@@ -191,7 +195,11 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
         raise fail("FROM must name the source table directly (no subquery or function)", src)
     if len(from_.expressions or []) > 0:
         raise fail("FROM a, b (comma joins) is not supported: use JOIN … ON", from_)
-    source = TableRef(table_name(src, dialect), src.alias_or_name, line_of(src) or 1)
+    # The source table lives in the database whose dialect the rule is written
+    # in: a PostgreSQL rule's `FROM Orders` reads `orders`, as PostgreSQL would.
+    # Target and lookup names are kept as written: the target may be MySQL,
+    # whose names are case-sensitive.
+    source = TableRef(table_name(src, fold=dialect == "postgres"), src.alias_or_name, line_of(src) or 1)
 
     lookups = []
     for j in select.args.get("joins") or []:
@@ -205,7 +213,7 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
                        "preserved side (use JOIN or LEFT JOIN)", j)
         if j.args.get("on") is None and not j.args.get("using"):
             raise fail("JOIN needs an ON or USING condition", j)
-        lookups.append(TableRef(table_name(t, dialect), t.alias_or_name, line_of(t) or 1, side or "INNER"))
+        lookups.append(TableRef(table_name(t), t.alias_or_name, line_of(t) or 1, side or "INNER"))
 
     aliases = [source.alias.lower()] + [lk.alias.lower() for lk in lookups]
     if len(set(aliases)) != len(aliases):

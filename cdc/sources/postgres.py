@@ -391,7 +391,9 @@ class PostgresSource:
         identity, or its updates fail on the source.  Returns (root, partition,
         fix, whether the root is FULL) for each.
         """
-        out = []
+        out: list[tuple[str, str, str, bool]] = []
+        if not self._has_via_root():
+            return out  # before PostgreSQL 13 a partitioned table cannot be published
         for t in self.tables:
             schema, name = split_name(t, "public")
             rows = self._query(
@@ -463,13 +465,39 @@ class PostgresSource:
                     fix=f"ALTER TABLE {_quote_qualified(schema, name)} REPLICA IDENTITY FULL; "
                         "(or add a primary key)")
             out[t] = oid
+        self._check_no_partition_of_another(out)
         return out
 
+    def _check_no_partition_of_another(self, tables: dict[str, int]) -> None:
+        """A partition and its root both read: PostgreSQL would publish the
+        partition's changes under the root only, and the partition's rules would
+        never see them."""
+        if len(tables) < 2 or not self._has_via_root():
+            return
+        by_oid = {oid: t for t, oid in tables.items()}
+        for t, oid in tables.items():
+            rows = self._query("SELECT relid::int FROM pg_partition_ancestors(%s::oid::regclass)"
+                               " WHERE relid <> %s::oid::regclass", (oid, oid))
+            for (ancestor,) in rows:
+                if ancestor in by_oid:
+                    raise SourceError(
+                        f"{self._where}: the rules read both {by_oid[ancestor]} and its "
+                        f"partition {t}; PostgreSQL publishes the partition's changes under "
+                        f"{by_oid[ancestor]} only, so the rules reading {t} would miss them",
+                        fix=f"read {by_oid[ancestor]} (with a WHERE on the partition key) "
+                            f"instead of {t}, or the partitions alone")
+
     def published_tables(self) -> list[str]:
-        """The tables pg_publication_tables lists (the roots with publish_via_partition_root)."""
-        rows = self._query("SELECT schemaname, tablename FROM pg_publication_tables"
-                           " WHERE pubname = %s", (self.publication,))
-        return [_display(s, t) for s, t in rows]
+        """The tables the publication holds: those pg_publication_tables lists
+        (partitions instead of their root without publish_via_partition_root)
+        and those added to it by name (a partitioned root, whatever the option)."""
+        rows = self._query(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s"
+            " UNION SELECT n.nspname, c.relname FROM pg_publication p"
+            " JOIN pg_publication_rel r ON r.prpubid = p.oid JOIN pg_class c ON c.oid = r.prrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s",
+            (self.publication, self.publication))
+        return sorted(_display(s, t) for s, t in rows)
 
     def _setup_slot(self) -> None:
         info = self.slot_info()
