@@ -302,8 +302,8 @@ class Guard:
         if not blocking:
             if table not in self.lenient_logged:
                 self.lenient_logged.add(table)
-                log.warning("schema change: %s; schema_changes: lenient goes on (NULL for a "
-                            "vanished column)", what)
+                log.warning("schema change: %s; schema_changes: lenient streams on (a "
+                            "vanished column reads as NULL)", what)
             return False
         reason = f"{what}, from {position}"
         rules = ",".join(r for r, _, _ in needs.rules)

@@ -266,7 +266,8 @@ def test_unread_column_dropped_does_not_pause(pipe: tuple[Any, Any, Path]) -> No
 
 
 @pytest.mark.parametrize("where", ["pipeline", "rule"])
-def test_lenient_writes_null(tmp_path: Path, make_pg_db: Any, where: str) -> None:
+def test_lenient_writes_null(tmp_path: Path, make_pg_db: Any, where: str,
+                             caplog: pytest.LogCaptureFixture) -> None:
     src, tgt = make_pg_db(), make_pg_db()
     for s in SRC_DDL["postgresql"]:
         src.execute(s)
@@ -286,7 +287,12 @@ def test_lenient_writes_null(tmp_path: Path, make_pg_db: Any, where: str) -> Non
             src.execute("UPDATE u SET note = 'A' WHERE id = 1")
             src.execute("INSERT INTO other VALUES (1, 1)")
             p.wait_caught_up()
-        assert target_u(tgt) == [(1, None, "A"), (2, 4, "b")]
+            src.execute("UPDATE u SET note = 'B' WHERE id = 2")
+            p.wait_caught_up()
+        assert target_u(tgt) == [(1, None, "A"), (2, None, "B")]
+        said = [r for r in caplog.records if "lenient streams on" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "WARNING"
+        assert "rule u_rule reads column(s) v" in said[0].getMessage()
         assert target_other(tgt) == [(1, 1)]
         assert lag(cfg)["paused"] == []
     finally:
