@@ -403,3 +403,74 @@ def test_parked_form_keeps_values() -> None:
     nan = back.after.pop("nan")
     assert isinstance(nan, Decimal) and nan.is_nan()
     assert back.after == {k: v for k, v in after.items() if k != "nan"}
+
+
+def test_schema_changes_config(tmp_path: Path) -> None:
+    from cdc.errors import ConfigError
+
+    base = ("pipeline: p\nsource: {url: 'mysql://u@h/s'}\ntarget: {url: 'postgresql://u@h/t'}\n"
+            "rules: r/\n")
+    p = tmp_path / "p.yaml"
+    p.write_text(base)
+    c = load(p)
+    assert c.schema_changes == "pause" and c.schema_changes_for("any") == "pause"
+    p.write_text(base + "schema_changes: lenient\nrule_options:\n  a:\n    schema_changes: pause\n")
+    c = load(p)
+    assert c.schema_changes_for("a") == "pause" and c.schema_changes_for("b") == "lenient"
+    p.write_text(base + "schema_changes: ignore\n")
+    with pytest.raises(ConfigError, match="schema_changes must be 'pause'"):
+        load(p)
+    p.write_text(base + "rule_options:\n  a:\n    schema_changes: nulls\n")
+    with pytest.raises(ConfigError, match=r"rule_options.a.schema_changes must be one of pause"):
+        load(p)
+
+
+def test_kill_9_while_draining_applies_each_parked_change_once(tmp_path: Path, mysql_db: Any,
+                                                               pg_db: Any) -> None:
+    """Parked changes drain in chunks, each with the deletion of what it
+    applied: a kill -9 in the middle leaves the rest parked, in order."""
+    for s in SRC_DDL["mysql"]:
+        mysql_db.execute(s)
+    for s in TGT_DDL["postgresql"]:
+        pg_db.execute(s)
+    # A counter in the target shows how often each row was written.
+    pg_db.execute("ALTER TABLE t_u ADD COLUMN writes integer NOT NULL DEFAULT 0")
+    pg_db.execute("CREATE FUNCTION count_writes() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                  "BEGIN NEW.writes := coalesce(OLD.writes, 0) + 1; RETURN NEW; END $$")
+    pg_db.execute("CREATE TRIGGER w BEFORE INSERT OR UPDATE ON t_u FOR EACH ROW "
+                  "EXECUTE FUNCTION count_writes()")
+    cfg = write_pipeline(tmp_path, mysql_db.url, pg_db.url,
+                         {"u_rule": U_RULE.format(col="v"), "other_rule": OTHER_RULE},
+                         extra="batch:\n  max_rows: 100\n")
+    cdc("setup", "-c", str(cfg))
+    log = tmp_path / "run.log"
+    daemon = DaemonProcess(cfg, log)
+    daemon.start()
+    try:
+        mysql_db.execute("INSERT INTO u (id, v, note) VALUES (0, 0, 'x')")
+        wait_caught_up(load(cfg))
+        mysql_db.execute("ALTER TABLE u RENAME COLUMN v TO w")
+        # 1500 inserts, one change (and so one write) per row.
+        for start in range(1, 1501, 100):
+            mysql_db.execute("INSERT INTO u (id, w, note) VALUES " + ", ".join(
+                f"({i}, {i}, 'n{i}')" for i in range(start, start + 100)))
+        wait_caught_up(load(cfg))
+        assert [p["parked"] for p in lag(cfg)["paused"]] == [1500]
+        (tmp_path / "rules" / "u_rule.sql").write_text(U_RULE.format(col="w"))
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: (pg_db.query("SELECT count(*) FROM t_u")[0][0] > 1
+                          or "resumed" in log.read_text()), timeout=60)
+        daemon.kill9()
+        left = pg_db.query("SELECT count(*) FROM cdc.parked_changes")[0][0]
+        applied = pg_db.query("SELECT count(*) FROM t_u")[0][0] - 1
+        assert left + applied == 1500, "a chunk applies and unparks in one transaction"
+        daemon.start()
+        wait_for(lambda: "source table u resumed" in log.read_text())
+        wait_caught_up(load(cfg))
+    finally:
+        assert daemon.terminate() == 0, log.read_text()[-3000:]
+    assert pg_db.query("SELECT count(*), min(writes), max(writes) FROM t_u WHERE id > 0") == [
+        (1500, 1, 1)]
+    assert pg_db.query("SELECT count(*) FROM cdc.parked_changes") == [(0,)]
+    assert lag(cfg)["paused"] == []
