@@ -350,7 +350,8 @@ def decode_change(table: str, op: str, data: str) -> RowChange:
     return ch
 
 
-def drain(config: Config, source: Any, target: Any, plan: Plan, guard: Guard) -> None:
+def drain(config: Config, source: Any, target: Any, plan: Plan, guard: Guard,
+          on_chunk: Callable[[], None] | None = None) -> None:
     """Apply the parked changes of every paused table the plan can now read,
     in source order, then end its pause.  A table whose rules still fail to
     bind, or whose parked changes lack a column the rules read, stays paused."""
@@ -407,6 +408,8 @@ def drain(config: Config, source: Any, target: Any, plan: Plan, guard: Guard) ->
                         record(handle)
                 applied += len(changes)
                 after = upto
+                if on_chunk is not None:
+                    on_chunk()  # e.g. the systemd watchdog: a long backlog is not a hang
             if stuck is not None:
                 i, missing = stuck
                 reason = (f"after the reload, parked change {applied + 1} still lacks "

@@ -190,7 +190,7 @@ class Runner:
                 source.preflight(start)
             if self.guard.paused:
                 # Parked changes come before the stream from the offset on.
-                pause.drain(cfg, source, target, plan, self.guard)
+                pause.drain(cfg, source, target, plan, self.guard, self.hooks.watchdog)
             tune_gc()
             self._loop(source, target, plan, start)
         finally:
