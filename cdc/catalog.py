@@ -33,6 +33,19 @@ class TableSchema:
     primary_key: tuple[str, ...]
     # PostgreSQL only: 'd' default, 'f' full, 'i' index, 'n' nothing.
     replica_identity: str = "d"
+    # PostgreSQL REPLICA IDENTITY USING INDEX: that index's columns.
+    identity_index: tuple[str, ...] = ()
+
+    @property
+    def identity_columns(self) -> tuple[str, ...]:
+        """The columns a PostgreSQL delete or key change carries in its old image."""
+        if self.replica_identity == "f":
+            return tuple(self.column_names)
+        if self.replica_identity == "i":
+            return self.identity_index
+        if self.replica_identity == "n":
+            return ()
+        return self.primary_key
 
     @property
     def column_names(self) -> list[str]:
@@ -143,7 +156,19 @@ def pg_table(conn: Any, name: str, default_schema: str = "public") -> TableSchem
             (oid,),
         ).fetchall()
     )
-    return TableSchema(schema, table, cols, pk, _s(ident))
+    identity_index: tuple[str, ...] = ()
+    if _s(ident) == "i":
+        identity_index = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT a.attname FROM pg_index i"
+                " JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true"
+                " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+                " WHERE i.indrelid = %s AND i.indisreplident ORDER BY k.ord",
+                (oid,),
+            ).fetchall()
+        )
+    return TableSchema(schema, table, cols, pk, _s(ident), identity_index)
 
 
 def pg_unique_keys(conn: Any, name: str, default_schema: str = "public") -> list[tuple[str, ...]]:

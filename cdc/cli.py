@@ -172,18 +172,6 @@ def check(config_path: str, show_sql: bool) -> None:
                     problems += 1
                     click.echo(f"{e}", err=True)
                     continue
-                if cfg.source.kind == "postgresql":
-                    st = c.bound.source
-                    extra = [col for col in c.bound.key_source_columns
-                             if col not in st.primary_key]
-                    if st.replica_identity != "f" and extra:
-                        problems += 1
-                        click.echo(
-                            f"{c.bound.rule.file}:{c.bound.rule.line}: the target key is computed "
-                            f"from {', '.join(sorted(extra))}, which deletes and key changes do "
-                            f"not carry under REPLICA IDENTITY DEFAULT (fix: ALTER TABLE "
-                            f"{st.schema}.{st.name} REPLICA IDENTITY FULL;)", err=True)
-                        continue
                 click.echo(f"ok  {c.name}: {c.bound.rule.source.name} -> "
                            f"{c.bound.rule.target.name} (key: {', '.join(c.bound.key)})")
                 if show_sql:

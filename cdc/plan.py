@@ -82,12 +82,16 @@ def build_plan(config: Config, source: Catalog, target: Any,
         opts = config.options_for(r.name)
         uniques = target.unique_keys(r.target.name) if opts.key else None
         try:
-            bound.append(bind(r, src(r.source.name), tgt(r.target.name), lookups, opts,
-                              lambda n: src(n) is not None, uniques))
+            b = bind(r, src(r.source.name), tgt(r.target.name), lookups, opts,
+                     lambda n: src(n) is not None, uniques)
+            if config.source.kind == "postgresql":
+                _require_identity(b)
         except RuleError as e:
             if r.source.name not in tolerate:
                 raise
             unbound.setdefault(r.source.name, f"rule {r.name}: {e}")
+            continue
+        bound.append(b)
     # A paused table is paused for every rule reading it.
     bound = [b for b in bound if b.rule.source.name not in unbound]
 
@@ -107,6 +111,39 @@ def build_plan(config: Config, source: Catalog, target: Any,
         compiled.append(c)
         by_table.setdefault(name, []).append(c)
     return Plan(rules=compiled, stages=stages, by_table=by_table, unbound=unbound)
+
+
+def _require_identity(b: BoundRule) -> None:
+    """Refuse a rule whose target key a PostgreSQL delete cannot name.
+
+    A delete or key change carries only the replica identity columns of the
+    old row; a key computed from any other column would come out NULL, match
+    no target row, and the target row would stay forever.  Every command that
+    would run the rule builds its plan here, so none accepts it.
+    """
+    st = b.source
+    have = {c.lower() for c in st.identity_columns}
+    missing = sorted(c for c in b.key_source_columns if c.lower() not in have)
+    if not missing:
+        return
+    kinds = {"d": "REPLICA IDENTITY DEFAULT (the primary key)", "i": "its REPLICA IDENTITY index",
+             "n": "REPLICA IDENTITY NOTHING"}
+    via = (f" through the lookup join(s) {', '.join(sorted(b.key_lookups))}"
+           if b.key_lookups else "")
+    raise RuleError(
+        f"the target key ({', '.join(b.key)}) is computed{via} from {', '.join(missing)} of "
+        f"{b.rule.source.name!r}, which a delete or key change does not carry under "
+        f"{kinds.get(st.replica_identity, repr(st.replica_identity))}: such deletes would "
+        "leave their target rows behind",
+        file=b.rule.file, line=b.rule.line,
+        fix=f"ALTER TABLE {_pg_name(st)} REPLICA IDENTITY FULL;, or compute "
+            "the target key from the primary key only")
+
+
+def _pg_name(st: TableSchema) -> str:
+    from psycopg import sql
+
+    return sql.SQL(".").join([sql.Identifier(st.schema), sql.Identifier(st.name)]).as_string(None)
 
 
 def attach_converters(plan: Plan, config: Config) -> None:

@@ -27,8 +27,13 @@ class BoundRule:
     key: list[str]  # subset of columns identifying a target row
     expressions: list[exp.Expr]  # one per column, in the rule's dialect
     options: RuleOptions
-    # Source columns the target key is computed from (for REPLICA IDENTITY checks).
+    # Source columns the target key is computed from, directly or through the
+    # join conditions of the lookups it reads (for REPLICA IDENTITY checks).
     key_source_columns: set[str]
+    # Aliases (lower case) of the lookups the target key reads, directly or
+    # through other lookups' join conditions: a key-only old image joins these
+    # and no others (cdc.rules.compile).
+    key_lookups: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -152,18 +157,52 @@ def bind(rule: Rule, source: TableSchema | None, target: TableSchema | None,
         raise rule.error(f"soft_delete_column {options.soft_delete_column!r} is not a column of "
                          f"{rule.target.name!r}")
 
-    key_sources: set[str] = set()
-    for k in key:
-        e = exprs[columns.index(k)]
-        for c in e.find_all(exp.Column):
-            if not c.table or c.table.lower() == src_alias:
-                col = source.column(c.name)
-                if col is not None:
-                    key_sources.add(col.name)
+    key_sources, key_lookups = _key_dependencies(
+        [exprs[columns.index(k)] for k in key], rule.select, src_alias, source, lookup_shapes)
 
     return BoundRule(rule=rule, source=source, target=target, lookups=lookup_shapes,
                      columns=columns, key=key, expressions=exprs, options=options,
-                     key_source_columns=key_sources)
+                     key_source_columns=key_sources, key_lookups=frozenset(key_lookups))
+
+
+def _key_dependencies(key_exprs: list[exp.Expr], select: exp.Select, src_alias: str,
+                      source: TableSchema, lookups: dict[str, TableSchema]
+                      ) -> tuple[set[str], set[str]]:
+    """(source columns, lookup aliases) the key expressions depend on.
+
+    A key read through a lookup (``m.crm_id`` of ``JOIN map AS m ON m.erp_id =
+    o.customer_id``) depends on the source columns of that join's condition,
+    and on any lookup that condition reads in turn.
+    """
+    ons: dict[str, exp.Expr] = {}
+    for j in select.args.get("joins") or []:
+        t = j.this
+        if isinstance(t, exp.Table) and t.alias_or_name.lower() in lookups:
+            on = j.args.get("on")
+            if on is not None:
+                ons[t.alias_or_name.lower()] = on
+    cols: set[str] = set()
+    seen: set[str] = set()
+    pending = list(key_exprs)
+    while pending:
+        e = pending.pop()
+        for c in e.find_all(exp.Column):
+            if isinstance(c.this, exp.Star):
+                continue
+            qual = c.table.lower()
+            # Binding refused ambiguous unqualified names, so one that the
+            # source table has is the source's.
+            col = source.column(c.name) if not qual or qual == src_alias else None
+            if col is not None:
+                cols.add(col.name)
+                continue
+            alias = qual or next((a for a, s in lookups.items()
+                                  if s.column(c.name) is not None), "")
+            if alias in lookups and alias not in seen:
+                seen.add(alias)
+                if alias in ons:
+                    pending.append(ons[alias])
+    return cols, seen
 
 
 def _at(line: int) -> exp.Expr:

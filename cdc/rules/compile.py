@@ -25,7 +25,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from cdc.catalog import TableSchema
+from cdc.catalog import Column, TableSchema
 from cdc.errors import RuleError
 from cdc.rules.bind import BoundRule
 from cdc.rules.rewrite import rewrites_for
@@ -143,21 +143,52 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
     projections: list[exp.Expr] = []
     for col, e in zip(bound.columns, sel.expressions, strict=True):
         e = e.unalias() if isinstance(e, exp.Alias) else e
-        projections.append(exp.alias_(e.copy(), exp.to_identifier(col, quoted=True)))
+        e = _typed_null(e.copy(), bound.target.column(col), d)
+        projections.append(exp.alias_(e, exp.to_identifier(col, quoted=True)))
     projections += [staged(SEQ).as_(SEQ), staged(KIND).as_(KIND)]
     sel.set("expressions", projections)
-    # An old image that holds only key columns cannot be tested against WHERE;
-    # the target row it names goes regardless (deletes must not be lost).
+
+    def dialect_sql(tree: exp.Expr) -> str:
+        for rw in rewrites_for(rule.dialect, d):
+            tree = rw(tree)
+        return tree.sql(dialect=d)
+
+    # Staging that holds new images only (a batch of inserts, a snapshot chunk):
+    # the rule as written.
+    new_sql = dialect_sql(sel.copy())
     where = sel.args.get("where")
-    if where is not None:
+    joins = sel.args.get("joins") or []
+    if where is None and not joins:
+        # Nothing can keep an image from the ranking: old images, key-only or
+        # whole, name their target row through the same projections.
+        select_sql = new_sql
+    else:
+        # An old image that holds only the replica identity (PostgreSQL's
+        # REPLICA IDENTITY DEFAULT: a delete, a key change, or the key taken
+        # from the new row of an update) cannot be tested against WHERE or
+        # joined on other columns: NULLs there would keep the deletion from
+        # ever reaching the target.  Such images take a branch of their own
+        # that computes only the target key, joining just the lookups the key
+        # reads (cdc.plan refuses keys that need columns outside the identity),
+        # so the row they name goes regardless and the rule's WHERE and joins
+        # only ever judge images that hold every column.
         partial_old = exp.and_(exp.EQ(this=staged(KIND), expression=exp.Literal.string("O")),
                                staged(PARTIAL) if d == "postgres"
                                else exp.EQ(this=staged(PARTIAL), expression=exp.Literal.number(1)))
-        sel.set("where", exp.Where(this=exp.or_(exp.paren(partial_old), exp.paren(where.this))))
-    tree: exp.Expr = sel
-    for rw in rewrites_for(rule.dialect, d):
-        tree = rw(tree)
-    select_sql = tree.sql(dialect=d)
+        whole = sel.copy()
+        whole_only = exp.not_(exp.paren(partial_old.copy()))
+        whole.set("where", exp.Where(this=whole_only if where is None else exp.and_(
+            whole_only, exp.paren(where.this.copy()))))
+        keyed = sel.copy()
+        keyed.set("expressions", [
+            p if col in bound.key else exp.alias_(exp.null(), exp.to_identifier(col, quoted=True))
+            for col, p in zip(bound.columns, keyed.expressions, strict=False)
+        ] + keyed.expressions[len(bound.columns):])
+        keyed.set("joins", [j for j in keyed.args.get("joins") or []
+                            if isinstance(j.this, exp.Table)
+                            and j.this.alias_or_name.lower() in bound.key_lookups] or None)
+        keyed.set("where", exp.Where(this=partial_old))
+        select_sql = f"{dialect_sql(whole)} UNION ALL {dialect_sql(keyed)}"
 
     res = f"_cdc_res_{index}"
     q = lambda n: ident(n, d)  # noqa: E731
@@ -165,10 +196,14 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
     out_cols = [q(c) for c in bound.columns]
     key_cols = [q(k) for k in bound.key]
     all_cols = ", ".join(out_cols + [q(SEQ), q(KIND)])
-    ranked = (f"SELECT {all_cols} FROM (SELECT s.*, ROW_NUMBER() OVER (PARTITION BY "
-              f"{', '.join('s.' + k for k in key_cols)} ORDER BY s.{q(SEQ)} DESC) AS {q(RN)} "
-              f"FROM ({select_sql}) AS s) AS r WHERE r.{q(RN)} = 1")
-    fill = f"INSERT INTO {q(res)} ({all_cols}) {ranked}"
+
+    def ranked_from(selected: str) -> str:
+        return (f"SELECT {all_cols} FROM (SELECT s.*, ROW_NUMBER() OVER (PARTITION BY "
+                f"{', '.join('s.' + k for k in key_cols)} ORDER BY s.{q(SEQ)} DESC) AS {q(RN)} "
+                f"FROM ({selected}) AS s) AS r WHERE r.{q(RN)} = 1")
+
+    fill = f"INSERT INTO {q(res)} ({all_cols}) {ranked_from(select_sql)}"
+    ranked = ranked_from(new_sql)
     if d == "postgres":
         create_result = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {q(res)} ON COMMIT DELETE ROWS AS "
                          f"SELECT {all_cols} FROM ({select_sql}) AS s WITH NO DATA")
@@ -226,7 +261,7 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
         # No ranking either: two rows for one target key fail as a unique
         # violation, and the ranked upsert then decides between them.
         insert_new_only = (f"INSERT INTO {target} ({', '.join(insert_cols)}) "
-                           f"SELECT {', '.join(insert_vals)} FROM ({select_sql}) AS r "
+                           f"SELECT {', '.join(insert_vals)} FROM ({new_sql}) AS r "
                            f"WHERE r.{q(KIND)} = 'N'")
     else:
         # VALUES() works on MariaDB and MySQL 8 (deprecated there in favour of a
@@ -241,6 +276,20 @@ def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: s
                         clear_result=clear_result, fill=fill, delete=delete, upsert=upsert,
                         validations=validations, upsert_new_only=upsert_new_only,
                         insert_new_only=insert_new_only)
+
+
+def _typed_null(e: exp.Expr, column: Column | None, d: str) -> exp.Expr:
+    """A bare ``NULL`` written for a target column, cast to that column's type.
+
+    PostgreSQL types an untyped NULL as text in the result table, which the
+    upsert then cannot store in, say, an integer column; MySQL converts it.
+    """
+    if d != "postgres" or not isinstance(e, exp.Null) or column is None:
+        return e
+    try:
+        return exp.cast(e, exp.DataType.build(column.type, dialect="postgres", udt=True))
+    except (ParseError, TokenError, ValueError):
+        return e
 
 
 def _validation_sql(bound: BoundRule, stage: StageTable, condition: str, d: str) -> str:
