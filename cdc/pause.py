@@ -37,12 +37,14 @@ import sqlglot
 from sqlglot import exp
 
 from cdc.batch import Batch
+from cdc.catalog import TableSchema
 from cdc.config import Config
 from cdc.deadletter import change_from_json, change_to_json
 from cdc.events import RowChange, Transaction
 from cdc.plan import Plan
 from cdc.positions import decode_position
 from cdc.rules.compile import CompiledRule
+from cdc.rules.parse import Rule
 
 log = logging.getLogger("cdc.pause")
 
@@ -79,6 +81,63 @@ def read_columns(rule: CompiledRule) -> frozenset[str]:
             if c is not None:
                 out.add(c.name)
     return frozenset(out)
+
+
+def vanished_columns(config: Config, rule: Rule, source: TableSchema | None) -> list[str]:
+    """Source columns ``rule`` names that ``source`` (the catalog now) lacks:
+    qualified with the rule's alias, in ``validate``, or unqualified in a rule
+    without lookups (elsewhere an unqualified name may be a lookup's)."""
+    if source is None:
+        return []  # the table itself is gone: not a column change
+    alias = rule.source.alias.lower()
+    names: set[str] = set()
+    for col in rule.select.find_all(exp.Column):
+        if isinstance(col.this, exp.Star):
+            continue
+        qual = col.table.lower()
+        if qual == alias or (not qual and not rule.lookups
+                             and not _in_subquery(col, rule.select)):
+            names.add(col.name)
+    for cond in config.options_for(rule.name).validate:
+        try:
+            names |= {c.name for c in sqlglot.parse_one(cond, read=rule.dialect
+                                                        ).find_all(exp.Column)}
+        except sqlglot.errors.SqlglotError:
+            pass
+    return sorted(n for n in names if source.column(n) is None)
+
+
+def startup_pauses(config: Config, rules: list[Rule], source: Any,
+                   paused: Collection[str]) -> dict[str, str]:
+    """Source tables to pause as the daemon starts: a rule (``schema_changes:
+    pause``) names a column the source table no longer has, dropped or renamed
+    while cdc was stopped or behind.  The stream still holds that table's
+    changes from before; they are parked like any others."""
+    out: dict[str, str] = {}
+    for r in rules:
+        table = r.source.name
+        if table in paused or table in out or config.schema_changes_for(r.name) != "pause":
+            continue
+        gone = vanished_columns(config, r, source.table(table))
+        if gone:
+            out[table] = (f"rule {r.name} reads column(s) {', '.join(gone)} of source table "
+                          f"{table}, which it no longer has (dropped or renamed while cdc was "
+                          "stopped or behind)")
+    return out
+
+
+def pause_at_startup(config: Config, target: Any, rules: list[Rule], plan: Plan,
+                     pauses: dict[str, str], position: str) -> None:
+    """Record the ``startup_pauses`` whose rules indeed did not bind."""
+    for table, what in sorted(pauses.items()):
+        if table not in plan.unbound:
+            continue
+        names = ",".join(r.name for r in rules if r.source.name == table)
+        with target.transaction() as handle:
+            target.park(handle, [(table, names, f"{what}, from {position}", position)], [])
+        log.warning("schema change: %s: source table %s is PAUSED (rules %s); its changes are "
+                    "parked in the target until the rule is fixed and reloaded (SIGHUP or "
+                    "restart); every other table keeps streaming", what, table, names)
 
 
 def _in_subquery(node: exp.Expr, top: exp.Select) -> bool:

@@ -474,3 +474,45 @@ def test_kill_9_while_draining_applies_each_parked_change_once(tmp_path: Path, m
         (1500, 1, 1)]
     assert pg_db.query("SELECT count(*) FROM cdc.parked_changes") == [(0,)]
     assert lag(cfg)["paused"] == []
+
+
+@pytest.mark.parametrize("pipe", DIRECTIONS[:2], indirect=True,
+                         ids=lambda d: f"{d[0]}-to-{d[1]}")
+def test_column_dropped_while_cdc_was_stopped(pipe: tuple[Any, Any, Path],
+                                              tmp_path: Path) -> None:
+    """The rule no longer binds at start: that table starts paused (its
+    changes from before the drop are parked too), the others stream."""
+    src, tgt, cfg = pipe
+    log = tmp_path / "run.log"
+    daemon = DaemonProcess(cfg, log)
+    daemon.start()
+    src.execute("INSERT INTO u (id, v, note) VALUES " + ", ".join(
+        f"({i}, {i}, 'n{i}')" for i in range(1, 11)))
+    wait_caught_up(load(cfg))
+    assert daemon.terminate() == 0
+    before = target_u(tgt)
+    src.execute("UPDATE u SET v = v + 1, note = 'pre' WHERE id <= 5")
+    src.execute("ALTER TABLE u DROP COLUMN v")
+    src.execute("UPDATE u SET note = 'post' WHERE id BETWEEN 4 AND 8")
+    src.execute("INSERT INTO other VALUES (1, 1)")
+    daemon.start()
+    try:
+        wait_for(lambda: log.read_text().count("streaming pipeline") == 2)
+        wait_caught_up(load(cfg))
+        assert target_other(tgt) == [(1, 1)]
+        assert target_u(tgt) == before
+        report = lag(cfg)
+        assert [(p["rule"], p["parked"]) for p in report["paused"]] == [("u_rule", 10)]
+        assert "while cdc was stopped or behind" in report["paused"][0]["reason"]
+        (tmp_path / "rules" / "u_rule.sql").write_text(
+            "INSERT INTO t_u (id, v2, note)\nSELECT u.id, -1, u.note FROM u AS u\n")
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "source table u resumed" in log.read_text())
+        wait_caught_up(load(cfg))
+    finally:
+        assert daemon.terminate() == 0, log.read_text()[-3000:]
+    expect = {int(i): (int(i), -1, n) for i, n in src.query("SELECT id, note FROM u")}
+    assert target_u(tgt) == sorted(
+        expect[i] if i <= 8 else r for i, r in ((r[0], r) for r in before))
+    assert lag(cfg)["paused"] == []
