@@ -683,7 +683,8 @@ class MySQLTarget:
                    + _marks(len(ids)), [self.pipeline, *ids])
 
     def forget_pipeline(self) -> None:
-        """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters)."""
+        """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters,
+        paused tables and their parked changes)."""
         with self.transaction() as tx:
             for t in ("cdc_offsets", "cdc_status", "cdc_snapshot_tables", "cdc_dead_letters",
                       "cdc_paused", "cdc_parked_changes"):
