@@ -259,6 +259,10 @@ class Guard:
                     # The whole transaction's changes of the table are parked:
                     # a few before an ALTER in the same transaction may be too.
                     self._judge_types(table, needs, columns, pos, parking)
+            for table, columns in (tx.extra.get("retyped") or {}).items():
+                needs = self.needs.get(table)
+                if needs is not None and table not in self.paused:
+                    self._judge_retyped(table, needs, columns, pos, parking)
             if tx.text:
                 keep_text = []
                 for t in tx.text:
@@ -354,6 +358,23 @@ class Guard:
                        and (m == "pause" or not blocking))
         what = (f"rule {culprit} reads column(s) of source table {table} whose type changed: "
                 + ", ".join(f"{n} {c.type} -> {_type_name(oid)}" for n, c, oid in changed))
+        return self._pause(table, needs, what, blocking, position, parking)
+
+    def _judge_retyped(self, table: str, needs: _Needs,
+                       columns: tuple[tuple[str, str, str], ...], position: str,
+                       parking: Parking) -> bool:
+        """A MySQL source's (name, old type, new type) of columns whose binlog
+        type changed in this session: pause when a rule reads one (the same
+        conservative rule as for PostgreSQL)."""
+        changed = [(n, a, b) for n, a, b in columns if n in needs.read]
+        if not changed:
+            return False
+        blocking = any(n in needs.pause for n, _, _ in changed)
+        names = {n for n, _, _ in changed}
+        culprit = next(r for r, cols, m in needs.rules if cols & names
+                       and (m == "pause" or not blocking))
+        what = (f"rule {culprit} reads column(s) of source table {table} whose type changed: "
+                + ", ".join(f"{n} {a} -> {b}" for n, a, b in changed))
         return self._pause(table, needs, what, blocking, position, parking)
 
     def _pause(self, table: str, needs: _Needs, what: str, blocking: bool, position: str,

@@ -299,15 +299,19 @@ def test_lenient_writes_null(tmp_path: Path, make_pg_db: Any, where: str,
         _teardown(cfg)
 
 
-@pytest.mark.parametrize("t_kind", ["postgresql", "mysql"])
+@pytest.mark.parametrize("kinds", [("postgresql", "postgresql"), ("postgresql", "mysql"),
+                                   ("mysql", "postgresql")], ids=lambda d: f"{d[0]}-to-{d[1]}")
 def test_type_change_of_read_column_pauses_until_reload(tmp_path: Path, make_pg_db: Any,
-                                                        make_mysql_db: Any, t_kind: str) -> None:
-    """PostgreSQL's Relation message carries type OIDs: a read column changing
-    type pauses (conservatively, even a widening); a reload rebuilds the
-    staging from the new type and the parked changes apply."""
-    src = make_pg_db()
+                                                        make_mysql_db: Any,
+                                                        kinds: tuple[str, str]) -> None:
+    """PostgreSQL's Relation message carries type OIDs, MariaDB's table map
+    binlog types: a read column changing type pauses (conservatively, even a
+    widening); a reload rebuilds the staging from the new type and the parked
+    changes apply."""
+    s_kind, t_kind = kinds
+    src = make_pg_db() if s_kind == "postgresql" else make_mysql_db()
     tgt = make_pg_db() if t_kind == "postgresql" else make_mysql_db()
-    for s in SRC_DDL["postgresql"]:
+    for s in SRC_DDL[s_kind]:
         src.execute(s)
     for s in TGT_DDL[t_kind]:
         tgt.execute(s)
@@ -321,7 +325,8 @@ def test_type_change_of_read_column_pauses_until_reload(tmp_path: Path, make_pg_
     try:
         src.execute("INSERT INTO u (id, v, note) VALUES (1, 1, 'a'), (2, 2, 'b')")
         wait_caught_up(load(cfg))
-        src.execute("ALTER TABLE u ALTER COLUMN v TYPE bigint")
+        src.execute("ALTER TABLE u ALTER COLUMN v TYPE bigint" if s_kind == "postgresql"
+                    else "ALTER TABLE u MODIFY v BIGINT")
         src.execute("UPDATE u SET v = 1000000 WHERE id = 1")
         src.execute("INSERT INTO other VALUES (1, 1)")
         wait_caught_up(load(cfg))
@@ -329,7 +334,8 @@ def test_type_change_of_read_column_pauses_until_reload(tmp_path: Path, make_pg_
         assert target_u(tgt) == [(1, 2, "a"), (2, 4, "b")]
         report = lag(cfg)
         assert [(p["rule"], p["parked"]) for p in report["paused"]] == [("u_rule", 1)]
-        assert "v integer -> int8" in report["paused"][0]["reason"]
+        assert ("v integer -> int8" if s_kind == "postgresql" else "v long -> longlong"
+                ) in report["paused"][0]["reason"]
         # The same rule, reloaded: planned against bigint now.
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGHUP)
