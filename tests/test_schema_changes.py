@@ -522,3 +522,27 @@ def test_column_dropped_while_cdc_was_stopped(pipe: tuple[Any, Any, Path],
     assert target_u(tgt) == sorted(
         expect[i] if i <= 8 else r for i, r in ((r[0], r) for r in before))
     assert lag(cfg)["paused"] == []
+
+
+def test_mysql_table_map_type_changes_are_noted() -> None:
+    from types import SimpleNamespace
+
+    from pymysqlreplication.constants import FIELD_TYPE
+
+    from cdc.sources.mysql import MySQLSource
+
+    src = MySQLSource.__new__(MySQLSource)
+    src._shapes = {}
+    retyped: dict[str, Any] = {}
+
+    def cols(*spec: tuple[str, int, bool]) -> list[Any]:
+        return [SimpleNamespace(name=n, type=t, unsigned=u) for n, t, u in spec]
+
+    src._note_shape("u", cols(("id", FIELD_TYPE.LONG, False), ("v", FIELD_TYPE.LONG, False)),
+                    retyped)
+    src._note_shape("u", cols(("id", FIELD_TYPE.LONG, False), ("v", FIELD_TYPE.LONG, False),
+                              ("new", FIELD_TYPE.BLOB, False)), retyped)
+    assert retyped == {}, "an added column is no type change"
+    src._note_shape("u", cols(("id", FIELD_TYPE.LONG, True), ("v", FIELD_TYPE.VARCHAR, False)),
+                    retyped)
+    assert retyped == {"u": (("id", "long", "long unsigned"), ("v", "long", "varchar"))}
