@@ -115,6 +115,8 @@ class MySQLSource:
         self.zero_dates = zero_dates
         self._date_events: dict[str, Any] = {}
         self._has_dates: dict[str, bool] = {}
+        # Per table, the (name, binlog type, unsigned) of its last table map.
+        self._shapes: dict[str, tuple[tuple[str, int, bool], ...]] = {}
         self.server_id = server_id
         self.tables = list(tables)
         self.heartbeat_seconds = heartbeat_seconds
@@ -250,7 +252,7 @@ class MySQLSource:
         # Columns whose binlog type changed since this session's first table
         # map of their table (cdc.pause pauses a rule that reads one).
         retyped: dict[str, tuple[tuple[str, str, str], ...]] = {}
-        self._shapes: dict[str, tuple[tuple[str, int, bool], ...]] = {}
+        self._shapes = {}
         last_yield = time.monotonic()
         tables = set(self.tables)
         try:
