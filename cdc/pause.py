@@ -37,12 +37,14 @@ import sqlglot
 from sqlglot import exp
 
 from cdc.batch import Batch
+from cdc.catalog import TableSchema
 from cdc.config import Config
 from cdc.deadletter import change_from_json, change_to_json
 from cdc.events import RowChange, Transaction
 from cdc.plan import Plan
 from cdc.positions import decode_position
 from cdc.rules.compile import CompiledRule
+from cdc.rules.parse import Rule
 
 log = logging.getLogger("cdc.pause")
 
@@ -79,6 +81,63 @@ def read_columns(rule: CompiledRule) -> frozenset[str]:
             if c is not None:
                 out.add(c.name)
     return frozenset(out)
+
+
+def vanished_columns(config: Config, rule: Rule, source: TableSchema | None) -> list[str]:
+    """Source columns ``rule`` names that ``source`` (the catalog now) lacks:
+    qualified with the rule's alias, in ``validate``, or unqualified in a rule
+    without lookups (elsewhere an unqualified name may be a lookup's)."""
+    if source is None:
+        return []  # the table itself is gone: not a column change
+    alias = rule.source.alias.lower()
+    names: set[str] = set()
+    for col in rule.select.find_all(exp.Column):
+        if isinstance(col.this, exp.Star):
+            continue
+        qual = col.table.lower()
+        if qual == alias or (not qual and not rule.lookups
+                             and not _in_subquery(col, rule.select)):
+            names.add(col.name)
+    for cond in config.options_for(rule.name).validate:
+        try:
+            names |= {c.name for c in sqlglot.parse_one(cond, read=rule.dialect
+                                                        ).find_all(exp.Column)}
+        except sqlglot.errors.SqlglotError:
+            pass
+    return sorted(n for n in names if source.column(n) is None)
+
+
+def startup_pauses(config: Config, rules: list[Rule], source: Any,
+                   paused: Collection[str]) -> dict[str, str]:
+    """Source tables to pause as the daemon starts: a rule (``schema_changes:
+    pause``) names a column the source table no longer has, dropped or renamed
+    while cdc was stopped or behind.  The stream still holds that table's
+    changes from before; they are parked like any others."""
+    out: dict[str, str] = {}
+    for r in rules:
+        table = r.source.name
+        if table in paused or table in out or config.schema_changes_for(r.name) != "pause":
+            continue
+        gone = vanished_columns(config, r, source.table(table))
+        if gone:
+            out[table] = (f"rule {r.name} reads column(s) {', '.join(gone)} of source table "
+                          f"{table}, which it no longer has (dropped or renamed while cdc was "
+                          "stopped or behind)")
+    return out
+
+
+def pause_at_startup(config: Config, target: Any, rules: list[Rule], plan: Plan,
+                     pauses: dict[str, str], position: str) -> None:
+    """Record the ``startup_pauses`` whose rules indeed did not bind."""
+    for table, what in sorted(pauses.items()):
+        if table not in plan.unbound:
+            continue
+        names = ",".join(r.name for r in rules if r.source.name == table)
+        with target.transaction() as handle:
+            target.park(handle, [(table, names, f"{what}, from {position}", position)], [])
+        log.warning("schema change: %s: source table %s is PAUSED (rules %s); its changes are "
+                    "parked in the target until the rule is fixed and reloaded (SIGHUP or "
+                    "restart); every other table keeps streaming", what, table, names)
 
 
 def _in_subquery(node: exp.Expr, top: exp.Select) -> bool:
@@ -200,6 +259,10 @@ class Guard:
                     # The whole transaction's changes of the table are parked:
                     # a few before an ALTER in the same transaction may be too.
                     self._judge_types(table, needs, columns, pos, parking)
+            for table, columns in (tx.extra.get("retyped") or {}).items():
+                needs = self.needs.get(table)
+                if needs is not None and table not in self.paused:
+                    self._judge_retyped(table, needs, columns, pos, parking)
             if tx.text:
                 keep_text = []
                 for t in tx.text:
@@ -297,13 +360,30 @@ class Guard:
                 + ", ".join(f"{n} {c.type} -> {_type_name(oid)}" for n, c, oid in changed))
         return self._pause(table, needs, what, blocking, position, parking)
 
+    def _judge_retyped(self, table: str, needs: _Needs,
+                       columns: tuple[tuple[str, str, str], ...], position: str,
+                       parking: Parking) -> bool:
+        """A MySQL source's (name, old type, new type) of columns whose binlog
+        type changed in this session: pause when a rule reads one (the same
+        conservative rule as for PostgreSQL)."""
+        changed = [(n, a, b) for n, a, b in columns if n in needs.read]
+        if not changed:
+            return False
+        blocking = any(n in needs.pause for n, _, _ in changed)
+        names = {n for n, _, _ in changed}
+        culprit = next(r for r, cols, m in needs.rules if cols & names
+                       and (m == "pause" or not blocking))
+        what = (f"rule {culprit} reads column(s) of source table {table} whose type changed: "
+                + ", ".join(f"{n} {a} -> {b}" for n, a, b in changed))
+        return self._pause(table, needs, what, blocking, position, parking)
+
     def _pause(self, table: str, needs: _Needs, what: str, blocking: bool, position: str,
                parking: Parking) -> bool:
         if not blocking:
             if table not in self.lenient_logged:
                 self.lenient_logged.add(table)
-                log.warning("schema change: %s; schema_changes: lenient goes on (NULL for a "
-                            "vanished column)", what)
+                log.warning("schema change: %s; schema_changes: lenient streams on (a "
+                            "vanished column reads as NULL)", what)
             return False
         reason = f"{what}, from {position}"
         rules = ",".join(r for r, _, _ in needs.rules)
@@ -350,7 +430,8 @@ def decode_change(table: str, op: str, data: str) -> RowChange:
     return ch
 
 
-def drain(config: Config, source: Any, target: Any, plan: Plan, guard: Guard) -> None:
+def drain(config: Config, source: Any, target: Any, plan: Plan, guard: Guard,
+          on_chunk: Callable[[], None] | None = None) -> None:
     """Apply the parked changes of every paused table the plan can now read,
     in source order, then end its pause.  A table whose rules still fail to
     bind, or whose parked changes lack a column the rules read, stays paused."""
@@ -407,6 +488,8 @@ def drain(config: Config, source: Any, target: Any, plan: Plan, guard: Guard) ->
                         record(handle)
                 applied += len(changes)
                 after = upto
+                if on_chunk is not None:
+                    on_chunk()  # e.g. the systemd watchdog: a long backlog is not a hang
             if stuck is not None:
                 i, missing = stuck
                 reason = (f"after the reload, parked change {applied + 1} still lacks "

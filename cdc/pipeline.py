@@ -179,10 +179,19 @@ class Runner:
             tables = sorted({r.source.name for r in rules})
             source = open_source(cfg, tables)
             paused = target.paused_tables()
-            plan = build_plan(cfg, source, target, rules, tolerate={p["table"] for p in paused})
+            offset = target.load_offset()
+            # A column dropped or renamed while cdc was down (or behind): pause
+            # that table, not the pipeline.  Not for a pipeline that never ran,
+            # where it is more likely a typo (and `cdc check` says so).
+            fresh = {} if offset is None else pause.startup_pauses(
+                cfg, rules, source, {p["table"] for p in paused})
+            plan = build_plan(cfg, source, target, rules,
+                              tolerate={p["table"] for p in paused} | set(fresh))
+            if fresh and offset is not None:
+                pause.pause_at_startup(cfg, target, rules, plan, fresh, offset[0].encode())
+                paused = target.paused_tables()
             attach_converters(plan, cfg)
             self.guard = pause.Guard(cfg, plan, paused)
-            offset = target.load_offset()
             if offset is None:
                 start = source.current_position() if cfg.source.kind == "mysql" else None
                 log.warning("no saved position for pipeline %s: starting at the source's "
@@ -196,7 +205,7 @@ class Runner:
                 source.preflight(start)
             if self.guard.paused:
                 # Parked changes come before the stream from the offset on.
-                pause.drain(cfg, source, target, plan, self.guard)
+                pause.drain(cfg, source, target, plan, self.guard, self.hooks.watchdog)
             tune_gc()
             self._loop(source, target, plan, start)
         finally:

@@ -105,11 +105,12 @@ def build_plan(config: Config, source: Catalog, target: Any,
                      lambda n: src(n) is not None, uniques)
             if config.source.kind == "postgresql":
                 _require_identity(b)
-            bound.append(b)
         except RuleError as e:
             if r.source.name not in tolerate:
                 raise
             unbound.setdefault(r.source.name, f"rule {r.name}: {e}")
+            continue
+        bound.append(b)
     # A paused table is paused for every rule reading it.
     bound = [b for b in bound if b.rule.source.name not in unbound]
 

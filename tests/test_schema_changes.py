@@ -266,7 +266,8 @@ def test_unread_column_dropped_does_not_pause(pipe: tuple[Any, Any, Path]) -> No
 
 
 @pytest.mark.parametrize("where", ["pipeline", "rule"])
-def test_lenient_writes_null(tmp_path: Path, make_pg_db: Any, where: str) -> None:
+def test_lenient_writes_null(tmp_path: Path, make_pg_db: Any, where: str,
+                             caplog: pytest.LogCaptureFixture) -> None:
     src, tgt = make_pg_db(), make_pg_db()
     for s in SRC_DDL["postgresql"]:
         src.execute(s)
@@ -286,22 +287,31 @@ def test_lenient_writes_null(tmp_path: Path, make_pg_db: Any, where: str) -> Non
             src.execute("UPDATE u SET note = 'A' WHERE id = 1")
             src.execute("INSERT INTO other VALUES (1, 1)")
             p.wait_caught_up()
-        assert target_u(tgt) == [(1, None, "A"), (2, 4, "b")]
+            src.execute("UPDATE u SET note = 'B' WHERE id = 2")
+            p.wait_caught_up()
+        assert target_u(tgt) == [(1, None, "A"), (2, None, "B")]
+        said = [r for r in caplog.records if "lenient streams on" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "WARNING"
+        assert "rule u_rule reads column(s) v" in said[0].getMessage()
         assert target_other(tgt) == [(1, 1)]
         assert lag(cfg)["paused"] == []
     finally:
         _teardown(cfg)
 
 
-@pytest.mark.parametrize("t_kind", ["postgresql", "mysql"])
+@pytest.mark.parametrize("kinds", [("postgresql", "postgresql"), ("postgresql", "mysql"),
+                                   ("mysql", "postgresql")], ids=lambda d: f"{d[0]}-to-{d[1]}")
 def test_type_change_of_read_column_pauses_until_reload(tmp_path: Path, make_pg_db: Any,
-                                                        make_mysql_db: Any, t_kind: str) -> None:
-    """PostgreSQL's Relation message carries type OIDs: a read column changing
-    type pauses (conservatively, even a widening); a reload rebuilds the
-    staging from the new type and the parked changes apply."""
-    src = make_pg_db()
+                                                        make_mysql_db: Any,
+                                                        kinds: tuple[str, str]) -> None:
+    """PostgreSQL's Relation message carries type OIDs, MariaDB's table map
+    binlog types: a read column changing type pauses (conservatively, even a
+    widening); a reload rebuilds the staging from the new type and the parked
+    changes apply."""
+    s_kind, t_kind = kinds
+    src = make_pg_db() if s_kind == "postgresql" else make_mysql_db()
     tgt = make_pg_db() if t_kind == "postgresql" else make_mysql_db()
-    for s in SRC_DDL["postgresql"]:
+    for s in SRC_DDL[s_kind]:
         src.execute(s)
     for s in TGT_DDL[t_kind]:
         tgt.execute(s)
@@ -315,7 +325,8 @@ def test_type_change_of_read_column_pauses_until_reload(tmp_path: Path, make_pg_
     try:
         src.execute("INSERT INTO u (id, v, note) VALUES (1, 1, 'a'), (2, 2, 'b')")
         wait_caught_up(load(cfg))
-        src.execute("ALTER TABLE u ALTER COLUMN v TYPE bigint")
+        src.execute("ALTER TABLE u ALTER COLUMN v TYPE bigint" if s_kind == "postgresql"
+                    else "ALTER TABLE u MODIFY v BIGINT")
         src.execute("UPDATE u SET v = 1000000 WHERE id = 1")
         src.execute("INSERT INTO other VALUES (1, 1)")
         wait_caught_up(load(cfg))
@@ -323,7 +334,8 @@ def test_type_change_of_read_column_pauses_until_reload(tmp_path: Path, make_pg_
         assert target_u(tgt) == [(1, 2, "a"), (2, 4, "b")]
         report = lag(cfg)
         assert [(p["rule"], p["parked"]) for p in report["paused"]] == [("u_rule", 1)]
-        assert "v integer -> int8" in report["paused"][0]["reason"]
+        assert ("v integer -> int8" if s_kind == "postgresql" else "v long -> longlong"
+                ) in report["paused"][0]["reason"]
         # The same rule, reloaded: planned against bigint now.
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGHUP)
@@ -397,3 +409,140 @@ def test_parked_form_keeps_values() -> None:
     nan = back.after.pop("nan")
     assert isinstance(nan, Decimal) and nan.is_nan()
     assert back.after == {k: v for k, v in after.items() if k != "nan"}
+
+
+def test_schema_changes_config(tmp_path: Path) -> None:
+    from cdc.errors import ConfigError
+
+    base = ("pipeline: p\nsource: {url: 'mysql://u@h/s'}\ntarget: {url: 'postgresql://u@h/t'}\n"
+            "rules: r/\n")
+    p = tmp_path / "p.yaml"
+    p.write_text(base)
+    c = load(p)
+    assert c.schema_changes == "pause" and c.schema_changes_for("any") == "pause"
+    p.write_text(base + "schema_changes: lenient\nrule_options:\n  a:\n    schema_changes: pause\n")
+    c = load(p)
+    assert c.schema_changes_for("a") == "pause" and c.schema_changes_for("b") == "lenient"
+    p.write_text(base + "schema_changes: ignore\n")
+    with pytest.raises(ConfigError, match="schema_changes must be 'pause'"):
+        load(p)
+    p.write_text(base + "rule_options:\n  a:\n    schema_changes: nulls\n")
+    with pytest.raises(ConfigError, match=r"rule_options.a.schema_changes must be one of pause"):
+        load(p)
+
+
+def test_kill_9_while_draining_applies_each_parked_change_once(tmp_path: Path, mysql_db: Any,
+                                                               pg_db: Any) -> None:
+    """Parked changes drain in chunks, each with the deletion of what it
+    applied: a kill -9 in the middle leaves the rest parked, in order."""
+    for s in SRC_DDL["mysql"]:
+        mysql_db.execute(s)
+    for s in TGT_DDL["postgresql"]:
+        pg_db.execute(s)
+    # A counter in the target shows how often each row was written.
+    pg_db.execute("ALTER TABLE t_u ADD COLUMN writes integer NOT NULL DEFAULT 0")
+    pg_db.execute("CREATE FUNCTION count_writes() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                  "BEGIN NEW.writes := coalesce(OLD.writes, 0) + 1; RETURN NEW; END $$")
+    pg_db.execute("CREATE TRIGGER w BEFORE INSERT OR UPDATE ON t_u FOR EACH ROW "
+                  "EXECUTE FUNCTION count_writes()")
+    cfg = write_pipeline(tmp_path, mysql_db.url, pg_db.url,
+                         {"u_rule": U_RULE.format(col="v"), "other_rule": OTHER_RULE},
+                         extra="batch:\n  max_rows: 100\n")
+    cdc("setup", "-c", str(cfg))
+    log = tmp_path / "run.log"
+    daemon = DaemonProcess(cfg, log)
+    daemon.start()
+    try:
+        mysql_db.execute("INSERT INTO u (id, v, note) VALUES (0, 0, 'x')")
+        wait_caught_up(load(cfg))
+        mysql_db.execute("ALTER TABLE u RENAME COLUMN v TO w")
+        # 1500 inserts, one change (and so one write) per row.
+        for start in range(1, 1501, 100):
+            mysql_db.execute("INSERT INTO u (id, w, note) VALUES " + ", ".join(
+                f"({i}, {i}, 'n{i}')" for i in range(start, start + 100)))
+        wait_caught_up(load(cfg))
+        assert [p["parked"] for p in lag(cfg)["paused"]] == [1500]
+        (tmp_path / "rules" / "u_rule.sql").write_text(U_RULE.format(col="w"))
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: (pg_db.query("SELECT count(*) FROM t_u")[0][0] > 1
+                          or "resumed" in log.read_text()), timeout=60)
+        daemon.kill9()
+        left = pg_db.query("SELECT count(*) FROM cdc.parked_changes")[0][0]
+        applied = pg_db.query("SELECT count(*) FROM t_u")[0][0] - 1
+        assert left + applied == 1500, "a chunk applies and unparks in one transaction"
+        daemon.start()
+        wait_for(lambda: "source table u resumed" in log.read_text())
+        wait_caught_up(load(cfg))
+    finally:
+        assert daemon.terminate() == 0, log.read_text()[-3000:]
+    assert pg_db.query("SELECT count(*), min(writes), max(writes) FROM t_u WHERE id > 0") == [
+        (1500, 1, 1)]
+    assert pg_db.query("SELECT count(*) FROM cdc.parked_changes") == [(0,)]
+    assert lag(cfg)["paused"] == []
+
+
+@pytest.mark.parametrize("pipe", DIRECTIONS[:2], indirect=True,
+                         ids=lambda d: f"{d[0]}-to-{d[1]}")
+def test_column_dropped_while_cdc_was_stopped(pipe: tuple[Any, Any, Path],
+                                              tmp_path: Path) -> None:
+    """The rule no longer binds at start: that table starts paused (its
+    changes from before the drop are parked too), the others stream."""
+    src, tgt, cfg = pipe
+    log = tmp_path / "run.log"
+    daemon = DaemonProcess(cfg, log)
+    daemon.start()
+    src.execute("INSERT INTO u (id, v, note) VALUES " + ", ".join(
+        f"({i}, {i}, 'n{i}')" for i in range(1, 11)))
+    wait_caught_up(load(cfg))
+    assert daemon.terminate() == 0
+    before = target_u(tgt)
+    src.execute("UPDATE u SET v = v + 1, note = 'pre' WHERE id <= 5")
+    src.execute("ALTER TABLE u DROP COLUMN v")
+    src.execute("UPDATE u SET note = 'post' WHERE id BETWEEN 4 AND 8")
+    src.execute("INSERT INTO other VALUES (1, 1)")
+    daemon.start()
+    try:
+        wait_for(lambda: log.read_text().count("streaming pipeline") == 2)
+        wait_caught_up(load(cfg))
+        assert target_other(tgt) == [(1, 1)]
+        assert target_u(tgt) == before
+        report = lag(cfg)
+        assert [(p["rule"], p["parked"]) for p in report["paused"]] == [("u_rule", 10)]
+        assert "while cdc was stopped or behind" in report["paused"][0]["reason"]
+        (tmp_path / "rules" / "u_rule.sql").write_text(
+            "INSERT INTO t_u (id, v2, note)\nSELECT u.id, -1, u.note FROM u AS u\n")
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "source table u resumed" in log.read_text())
+        wait_caught_up(load(cfg))
+    finally:
+        assert daemon.terminate() == 0, log.read_text()[-3000:]
+    expect = {int(i): (int(i), -1, n) for i, n in src.query("SELECT id, note FROM u")}
+    assert target_u(tgt) == sorted(
+        expect[i] if i <= 8 else r for i, r in ((r[0], r) for r in before))
+    assert lag(cfg)["paused"] == []
+
+
+def test_mysql_table_map_type_changes_are_noted() -> None:
+    from types import SimpleNamespace
+
+    from pymysqlreplication.constants import FIELD_TYPE
+
+    from cdc.sources.mysql import MySQLSource
+
+    src = MySQLSource.__new__(MySQLSource)
+    src._shapes = {}
+    retyped: dict[str, Any] = {}
+
+    def cols(*spec: tuple[str, int, bool]) -> list[Any]:
+        return [SimpleNamespace(name=n, type=t, unsigned=u) for n, t, u in spec]
+
+    src._note_shape("u", cols(("id", FIELD_TYPE.LONG, False), ("v", FIELD_TYPE.LONG, False)),
+                    retyped)
+    src._note_shape("u", cols(("id", FIELD_TYPE.LONG, False), ("v", FIELD_TYPE.LONG, False),
+                              ("new", FIELD_TYPE.BLOB, False)), retyped)
+    assert retyped == {}, "an added column is no type change"
+    src._note_shape("u", cols(("id", FIELD_TYPE.LONG, True), ("v", FIELD_TYPE.VARCHAR, False)),
+                    retyped)
+    assert retyped == {"u": (("id", "long", "long unsigned"), ("v", "long", "varchar"))}

@@ -120,6 +120,8 @@ class MySQLSource:
         self._date_events: dict[str, Any] = {}
         self._has_dates: dict[str, bool] = {}
         self._fixes: dict[str, list[Fix]] = {}
+        # Per table, the (name, binlog type, unsigned) of its last table map.
+        self._shapes: dict[str, tuple[tuple[str, int, bool], ...]] = {}
         self.server_id = server_id
         self.tables = list(tables)
         self.heartbeat_seconds = heartbeat_seconds
@@ -262,6 +264,10 @@ class MySQLSource:
             enable_logging=False,
         )
         changes: list[RowChange] = []
+        # Columns whose binlog type changed since this session's first table
+        # map of their table (cdc.pause pauses a rule that reads one).
+        retyped: dict[str, tuple[tuple[str, str, str], ...]] = {}
+        self._shapes = {}
         last_yield = time.monotonic()
         try:
             while not stop.is_set():
@@ -283,6 +289,7 @@ class MySQLSource:
                         self._date_events[table] = ev.columns
                         self._has_dates[table] = any(c.type in _DATE_TYPES for c in ev.columns)
                         self._fixes[table] = value_fixes(ev.columns)
+                        self._note_shape(table, ev.columns, retyped)
                     if self._has_dates[table]:
                         self._mark_zero_dates(ev, rows)
                     if self._fixes[table]:
@@ -302,8 +309,9 @@ class MySQLSource:
                     when = datetime.fromtimestamp(ev.timestamp, UTC)
                     now = time.monotonic()
                     if changes:
-                        yield Transaction(changes, pos, when)
-                        changes = []
+                        yield Transaction(changes, pos, when,
+                                          extra={"retyped": retyped} if retyped else {})
+                        changes, retyped = [], {}
                         last_yield = now
                     elif now - last_yield >= self.heartbeat_seconds:
                         yield Transaction([], pos, when, heartbeat=True)
@@ -344,6 +352,23 @@ class MySQLSource:
         finally:
             stream.close()
 
+
+    def _note_shape(self, table: str, columns: list[Any],
+                    retyped: dict[str, tuple[tuple[str, str, str], ...]]) -> None:
+        """Compare a table map's column types with the session's previous one
+        of the table: the plan, built from the catalog at start, knows the
+        first.  Lengths and precisions are not compared, only the type and
+        its signedness (an INT becoming a BIGINT or a VARCHAR)."""
+        shape = tuple((c.name, c.type, bool(getattr(c, "unsigned", False))) for c in columns)
+        was = self._shapes.get(table)
+        self._shapes[table] = shape
+        if was is None or was == shape:
+            return
+        old = {n: (t, u) for n, t, u in was}
+        changed = tuple((n, _field_type(*old[n]), _field_type(t, u)) for n, t, u in shape
+                        if n in old and old[n] != (t, u))
+        if changed:
+            retyped[table] = retyped.get(table, ()) + changed
 
     def _mark_zero_dates(self, ev: Any, rows: list[dict[str, Any]]) -> None:
         """Zero dates become None (the default) or ZeroDate markers, the same
@@ -502,6 +527,12 @@ def json_text(v: Any) -> str:
     if isinstance(v, list | tuple):
         return "[" + ", ".join(json_text(x) for x in v) + "]"
     return json.dumps(str(v), ensure_ascii=False)  # strings, and dates/times as MySQL quotes them
+
+
+def _field_type(code: int, unsigned: bool) -> str:
+    names = {v: k.lower() for k, v in vars(FIELD_TYPE).items()
+             if k.isupper() and isinstance(v, int)}
+    return names.get(code, f"type {code}") + (" unsigned" if unsigned else "")
 
 
 def _query_text(ev: QueryEvent) -> str:

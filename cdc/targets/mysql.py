@@ -713,7 +713,8 @@ class MySQLTarget:
                    + _marks(len(ids)), [self.pipeline, *ids])
 
     def forget_pipeline(self) -> None:
-        """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters)."""
+        """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters,
+        paused tables and their parked changes)."""
         with self.transaction() as tx:
             for t in ("cdc_offsets", "cdc_status", "cdc_snapshot_tables", "cdc_dead_letters",
                       "cdc_paused", "cdc_parked_changes"):
@@ -747,14 +748,19 @@ class MySQLTarget:
                        " since_position) VALUES (%s, %s, %s, %s, %s)"
                        " ON DUPLICATE KEY UPDATE source_table = source_table",
                        (self.pipeline, table, rules, reason, position))
-        if rows:
-            head = ("INSERT INTO cdc_parked_changes (pipeline, source_table, seq, position,"
-                    " operation, row_data) VALUES ")
-            one = "(" + ", ".join(["%s"] * 6) + ")"
-            for i in range(0, len(rows), 500):
-                part = rows[i:i + 500]
+        head = ("INSERT INTO cdc_parked_changes (pipeline, source_table, seq, position,"
+                " operation, row_data) VALUES ")
+        one = "(" + ", ".join(["%s"] * 6) + ")"
+        part: list[Any] = []
+        size = 0
+        for i, r in enumerate(rows):
+            part.append(r)
+            size += len(r[4])
+            # Well under max_allowed_packet (16 MB by default) with large rows.
+            if len(part) == 500 or size > 4_000_000 or i == len(rows) - 1:
                 tx.execute(head + ", ".join([one] * len(part)),
-                           [v for r in part for v in (self.pipeline, *r)])
+                           [v for x in part for v in (self.pipeline, *x)])
+                part, size = [], 0
 
     def parked_changes(self, table: str, after_seq: int, limit: int
                        ) -> list[tuple[int, str, str, str]]:

@@ -566,7 +566,8 @@ class PostgresTarget:
 
     @_guarded
     def forget_pipeline(self) -> None:
-        """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters)."""
+        """Delete this pipeline's bookkeeping rows (position, status, snapshot, dead letters,
+        paused tables and their parked changes)."""
         conn = self.conn()
         with conn.transaction():
             for t in ("offsets", "status", "snapshot_tables", "dead_letters", "paused",
