@@ -14,6 +14,8 @@ The workload is a mix of op families that can be switched on one by one:
 ``ddl``          ADD COLUMN; RENAME or DROP of the column the orders rule reads, the rule
                  fixed afterwards and reloaded with SIGHUP; ADD + DROP of an unread column
 ``kill``         kill -9 of `cdc run` at seeded moments, writes while it is down, restart
+``snapshot``     rows that predate the pipeline: `cdc snapshot` (small chunks) while the
+                 source takes writes, then `cdc run` from its hand-over point
 
 ``CI_FAMILIES`` says which families run by default in each direction: the ones
 the current code gets right. ``--families all`` (or a list) enables others,
@@ -48,7 +50,8 @@ from pipeline_helpers import DaemonProcess, cdc, own_tracebacks, wait_caught_up,
 
 from cdc.config import load
 
-ALL_FAMILIES = ("dml", "delete", "pk_change", "filter_exit", "truncate", "ddl", "kill")
+ALL_FAMILIES = ("dml", "delete", "pk_change", "filter_exit", "truncate", "ddl", "kill",
+                "snapshot")
 
 
 @dataclass(frozen=True)
@@ -614,10 +617,16 @@ def test_differential(pair: Pair, seed: int, request: pytest.FixtureRequest) -> 
     what = f"seed {seed}, {direction.id}, families {sorted(families)}"
     statement_log = pair.tmp / "workload.sql"
     try:
-        daemon.start()
-        daemon.wait_streaming()
-        # Some rows before anything else, so that every family has something to act on.
-        wl.run([wl.insert_customers(5)[0], wl.insert_orders(15)])
+        if "snapshot" in families:
+            bootstrap(wl, pair)
+        else:
+            daemon.start()
+            daemon.wait_streaming()
+            # Some rows first, so that every family has something to act on.
+            wl.run([wl.insert_customers(5)[0], wl.insert_orders(15)])
+        if not daemon.up:
+            daemon.start()
+            daemon.wait_streaming()
         for i in range(sched.n_ops):
             if restart_at == i:
                 daemon.start()
@@ -664,6 +673,31 @@ def test_differential(pair: Pair, seed: int, request: pytest.FixtureRequest) -> 
         pytest.fail(f"{what}: the target differs from the model ({wl.seq} statements, log in"
                     f" {statement_log}; replay with --seed {seed} --families"
                     f" {','.join(sorted(families))}):\n" + "\n".join(problems), pytrace=False)
+
+
+def bootstrap(wl: Workload, pair: Pair) -> None:
+    """Rows that predate the pipeline: `cdc snapshot` in small chunks while the
+    source keeps taking writes, then streaming from its hand-over point."""
+    import subprocess
+    import sys
+
+    from pipeline_helpers import REPO
+
+    for _ in range(4):
+        wl.run([wl.insert_customers(3)[0], wl.insert_orders(12)])
+    wl.log.append("-- cdc snapshot starts")
+    log = pair.tmp / "snapshot.log"
+    with open(log, "wb") as fh:
+        snap = subprocess.Popen([sys.executable, "-m", "cdc", "snapshot", "-c", str(pair.cfg),
+                                 "--chunk-rows", "7"], stdout=fh, stderr=fh, cwd=REPO)
+    writes = 0
+    while (snap.poll() is None and writes < 40) or writes < 5:
+        wl.run(wl.random_op())
+        writes += 1
+        time.sleep(0.05)
+    code = snap.wait(timeout=120)
+    wl.log.append(f"-- cdc snapshot done after {writes} concurrent transactions")
+    assert code == 0, f"cdc snapshot exited {code}:\n{log.read_text()[-3000:]}"
 
 
 def run_ddl(step: str, wl: Workload, note: NoteSource, pair: Pair, daemon: Daemon) -> None:
