@@ -13,6 +13,8 @@ The workload is a mix of op families that can be switched on one by one:
 ``truncate``     ``TRUNCATE`` of a source table, then fresh and reused ids
 ``ddl``          ADD COLUMN; RENAME or DROP of the column the orders rule reads, the rule
                  fixed afterwards and reloaded with SIGHUP; ADD + DROP of an unread column
+``ddl_kill``     (with ddl) kill -9 between the schema change and the fixed rule, and a
+                 restart that meets the changed schema with the old rule
 ``kill``         kill -9 of `cdc run` at seeded moments, writes while it is down, restart
 ``snapshot``     rows that predate the pipeline: `cdc snapshot` (small chunks) while the
                  source takes writes, then `cdc run` from its hand-over point
@@ -50,8 +52,8 @@ from pipeline_helpers import DaemonProcess, cdc, own_tracebacks, wait_caught_up,
 
 from cdc.config import load
 
-ALL_FAMILIES = ("dml", "delete", "pk_change", "filter_exit", "truncate", "ddl", "kill",
-                "snapshot")
+ALL_FAMILIES = ("dml", "delete", "pk_change", "filter_exit", "truncate", "ddl", "ddl_kill",
+                "kill", "snapshot")
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,10 @@ CI_FAMILIES: dict[str, tuple[str, ...]] = {
     d.id: _EVERY_IDENTITY if d.source == "postgresql" and d.identity != "full" else _FULL_IMAGES
     for d in DIRECTIONS}
 
-CI_SEEDS = (1,)
+# One seed per direction in CI, each a different workload and batch size
+# (pipeline_extra); --seeds N runs 1..N everywhere.
+CI_SEEDS: dict[str, tuple[int, ...]] = dict(zip(
+    [d.id for d in DIRECTIONS], [(1,), (8,), (2,), (14,), (3,), (16,)], strict=True))
 
 SOURCE_DDL = {
     "mysql": [
@@ -122,11 +127,15 @@ TARGET_DDL = {
         " DEFAULT CHARSET=utf8mb4",
     ],
 }
-PIPELINE_EXTRA = """\
-batch:
-  max_rows: 40
-  max_seconds: 0.2
-"""
+
+
+def pipeline_extra(seed: int) -> str:
+    """Batch limits drawn from the seed: tiny batches cut between source
+    transactions often; large ones collapse many changes per key."""
+    r = random.Random(f"batch {seed}")
+    return f"batch:\n  max_rows: {r.choice([3, 40, 1000])}\n" \
+           f"  max_seconds: {r.choice([0.05, 0.2, 1.0])}\n"
+
 
 WORDS = ["apple", "pear", "O'Brien", "50% off", "rush", "gift wrap", "fragile", "back order",
          "call first", "leave at door", "x", "", "tab\there", "UPPER", "Mixed Case"]
@@ -427,19 +436,19 @@ class Workload:
 
 # ---------------------------------------------------------------- the harness
 
-def seeds_from(config: pytest.Config) -> list[int]:
+def seeds_for(config: pytest.Config, direction: Direction) -> list[int]:
     chosen = list(config.getoption("seed") or [])
     n = config.getoption("seeds")
     if n:
         chosen += list(range(1, n + 1))
-    return chosen or list(CI_SEEDS)
+    return chosen or list(CI_SEEDS[direction.id])
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "direction" in metafunc.fixturenames:
-        seeds = seeds_from(metafunc.config)
-        metafunc.parametrize(("direction", "seed"), [(d, s) for d in DIRECTIONS for s in seeds],
-                             ids=[f"{d.id}-seed{s}" for d in DIRECTIONS for s in seeds])
+        cases = [(d, s) for d in DIRECTIONS for s in seeds_for(metafunc.config, d)]
+        metafunc.parametrize(("direction", "seed"), cases,
+                             ids=[f"{d.id}-seed{s}" for d, s in cases])
 
 
 def families_for(config: pytest.Config, direction: Direction) -> frozenset[str]:
@@ -452,7 +461,7 @@ def families_for(config: pytest.Config, direction: Direction) -> frozenset[str]:
     unknown = fams - set(ALL_FAMILIES)
     if unknown:
         raise pytest.UsageError(f"--families: unknown {sorted(unknown)}; known: {ALL_FAMILIES}")
-    return fams | {"dml"}
+    return fams | {"dml"} | ({"ddl"} if "ddl_kill" in fams else set())
 
 
 @dataclass
@@ -465,7 +474,7 @@ class Pair:
 
 
 @pytest.fixture
-def pair(direction: Direction, tmp_path: Path, make_mysql_db: Callable[[], Any],
+def pair(direction: Direction, seed: int, tmp_path: Path, make_mysql_db: Callable[[], Any],
          make_pg_db: Callable[[], Any]) -> Iterator[Pair]:
     src = make_mysql_db() if direction.source == "mysql" else make_pg_db()
     tgt = make_mysql_db() if direction.target == "mysql" else make_pg_db()
@@ -479,7 +488,7 @@ def pair(direction: Direction, tmp_path: Path, make_mysql_db: Callable[[], Any],
     for code, label in STATUS_LABELS.items():
         tgt.execute("INSERT INTO crm_status_map (code, label) VALUES (%s, %s)", (code, label))
     cfg = write_pipeline(tmp_path, src.url, tgt.url, rule_sql(direction.source, "UPPER(o.note)"),
-                         extra=PIPELINE_EXTRA, name=f"diff_{src.name}")
+                         extra=pipeline_extra(seed), name=f"diff_{src.name}")
     cdc("setup", "-c", str(cfg))
     try:
         yield Pair(direction, src, tgt, cfg, tmp_path)
@@ -594,13 +603,16 @@ class Schedule:
                      rng.randint(scratch + 3, change - 3): "drop_scratch",
                      change: rng.choice(["rename", "drop"]), fix: "fix"}
             window = set(range(change - 1, fix + 2))
+            if "ddl_kill" in families:  # kill -9 and restart before the rule is fixed
+                at = rng.randint(change + 1, fix - 2)
+                s.kills[at] = rng.randint(0, fix - at - 2)
         if "truncate" in families:
             s.truncates = set(rng.sample(range(10, n - 5), rng.randint(1, 2)))
         if "kill" in families:
             for i in sorted(rng.sample(range(5, n - 5), rng.randint(2, 4))):
                 down = rng.randint(0, 6)
                 if not window & set(range(i, i + down + 2)):
-                    s.kills[i] = down
+                    s.kills.setdefault(i, down)
         return s
 
 
