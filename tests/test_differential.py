@@ -671,13 +671,19 @@ def test_differential(pair: Pair, seed: int, request: pytest.FixtureRequest) -> 
         final_orders, final_customers = src.rows("orders"), src.rows("customers")
         got_orders, got_customers = target_rows(pair.tgt_db)
         daemon.stop()
+        verified = cdc("verify", "-c", str(pair.cfg), "--json", check=False)
     finally:
         statement_log.write_text("\n".join(wl.log) + "\n")
         if daemon.up and daemon.proc.proc is not None and daemon.proc.proc.poll() is None:
             daemon.proc.kill9()
         src.close()
-    problems = diff("crm_orders", expected_orders(final_orders, note), got_orders) + \
-        diff("crm_customers", expected_customers(final_customers), got_customers)
+    want_orders = expected_orders(final_orders, note)
+    want_customers = expected_customers(final_customers)
+    problems = diff("crm_orders", want_orders, got_orders) + \
+        diff("crm_customers", want_customers, got_customers)
+    if note.frozen_before is None:  # verify recomputes every row through today's rule
+        problems += verify_disagrees(verified, {"crm_orders": (want_orders, got_orders),
+                                                "crm_customers": (want_customers, got_customers)})
     if status["dead_letters"]:
         problems.append(f"{status['dead_letters']} dead letters (the workload makes none)")
     tracebacks = own_tracebacks(daemon.tail(10**9))
@@ -687,6 +693,34 @@ def test_differential(pair: Pair, seed: int, request: pytest.FixtureRequest) -> 
         pytest.fail(f"{what}: the target differs from the model ({wl.seq} statements, log in"
                     f" {statement_log}; replay with --seed {seed} --families"
                     f" {','.join(sorted(families))}):\n" + "\n".join(problems), pytrace=False)
+
+
+def verify_disagrees(p: Any, tables: dict[str, tuple[dict[str, Row], dict[str, Row]]]
+                     ) -> list[str]:
+    """`cdc verify` must count what the model counts: a divergence it does not
+    see is as silent as the divergence itself."""
+    import json
+
+    from differential_model import normalized
+
+    try:
+        reports = json.loads(p.stdout)
+    except ValueError:
+        return [f"cdc verify --json exited {p.returncode}: {p.stdout[-2000:]}{p.stderr[-2000:]}"]
+    out, equal = [], True
+    for r in reports:
+        exp, act = (normalized(t) for t in tables[r["target_table"]])
+        want = {"expected": len(exp), "missing": len(set(exp) - set(act)),
+                "different": sum(1 for k in set(exp) & set(act) if exp[k] != act[k]),
+                "extra": len(set(act) - set(exp))}
+        got = {k: r[k] for k in want}
+        equal = equal and want["missing"] == want["different"] == want["extra"] == 0
+        if got != want:
+            out.append(f"cdc verify on {r['target_table']} says {got}, the model {want}")
+    if (p.returncode == 0) != equal:
+        out.append(f"cdc verify exited {p.returncode} where the model says "
+                   f"{'equal' if equal else 'different'}")
+    return out
 
 
 def bootstrap(wl: Workload, pair: Pair) -> None:
