@@ -13,7 +13,11 @@ The workload is a mix of op families that can be switched on one by one:
 ``truncate``     ``TRUNCATE`` of a source table, then fresh and reused ids
 ``ddl``          ADD COLUMN; RENAME or DROP of the column the orders rule reads, the rule
                  fixed afterwards and reloaded with SIGHUP; ADD + DROP of an unread column
+``ddl_kill``     (with ddl) kill -9 between the schema change and the fixed rule, and a
+                 restart that meets the changed schema with the old rule
 ``kill``         kill -9 of `cdc run` at seeded moments, writes while it is down, restart
+``snapshot``     rows that predate the pipeline: `cdc snapshot` (small chunks) while the
+                 source takes writes, then `cdc run` from its hand-over point
 
 ``CI_FAMILIES`` says which families run by default in each direction: the ones
 the current code gets right. ``--families all`` (or a list) enables others,
@@ -48,7 +52,8 @@ from pipeline_helpers import DaemonProcess, cdc, own_tracebacks, wait_caught_up,
 
 from cdc.config import load
 
-ALL_FAMILIES = ("dml", "delete", "pk_change", "filter_exit", "truncate", "ddl", "kill")
+ALL_FAMILIES = ("dml", "delete", "pk_change", "filter_exit", "truncate", "ddl", "ddl_kill",
+                "kill", "snapshot")
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,27 @@ DIRECTIONS = [
     Direction("mysql", "mysql"),
 ]
 
-# What passes on the current code, per direction (see the module docstring).
-# A family missing here is not skipped: it is not part of the CI run, and the
-# report in the commit log says how it fails.
-CI_FAMILIES: dict[str, tuple[str, ...]] = {d.id: ("dml",) for d in DIRECTIONS}
+# What the current code gets right, per direction: each family joins a
+# direction's list when its fix merges. A family missing here is not skipped,
+# it is not part of the CI run; `--families all` shows how it fails today:
+# - delete, pk_change, filter_exit with a PostgreSQL source and REPLICA
+#   IDENTITY DEFAULT: the old image holds the key only, the rule's WHERE and
+#   lookup JOIN see NULLs and the target row stays (issue 13, item 1);
+# - truncate, every direction: TRUNCATE is ignored, the old rows stay (item 2);
+# - ddl, every direction: rows written between the DROP/RENAME of the column
+#   the rule reads and the reload of the fixed rule get NULL (item 3);
+# - ddl_kill, every direction: the restart with the old rule exits 2 ("source
+#   table 'orders' has no column 'note'") instead of pausing that rule.
+_EVERY_IDENTITY = ("dml", "kill", "snapshot")
+_FULL_IMAGES = ("dml", "delete", "pk_change", "filter_exit", "kill", "snapshot")
+CI_FAMILIES: dict[str, tuple[str, ...]] = {
+    d.id: _EVERY_IDENTITY if d.source == "postgresql" and d.identity != "full" else _FULL_IMAGES
+    for d in DIRECTIONS}
 
-CI_SEEDS = (1,)
+# One seed per direction in CI, each a different workload and batch size
+# (pipeline_extra); --seeds N runs 1..N everywhere.
+CI_SEEDS: dict[str, tuple[int, ...]] = dict(zip(
+    [d.id for d in DIRECTIONS], [(1,), (8,), (2,), (14,), (3,), (16,)], strict=True))
 
 SOURCE_DDL = {
     "mysql": [
@@ -109,11 +129,15 @@ TARGET_DDL = {
         " DEFAULT CHARSET=utf8mb4",
     ],
 }
-PIPELINE_EXTRA = """\
-batch:
-  max_rows: 40
-  max_seconds: 0.2
-"""
+
+
+def pipeline_extra(seed: int) -> str:
+    """Batch limits drawn from the seed: tiny batches cut between source
+    transactions often; large ones collapse many changes per key."""
+    r = random.Random(f"batch {seed}")
+    return f"batch:\n  max_rows: {r.choice([3, 40, 1000])}\n" \
+           f"  max_seconds: {r.choice([0.05, 0.2, 1.0])}\n"
+
 
 WORDS = ["apple", "pear", "O'Brien", "50% off", "rush", "gift wrap", "fragile", "back order",
          "call first", "leave at door", "x", "", "tab\there", "UPPER", "Mixed Case"]
@@ -414,19 +438,19 @@ class Workload:
 
 # ---------------------------------------------------------------- the harness
 
-def seeds_from(config: pytest.Config) -> list[int]:
+def seeds_for(config: pytest.Config, direction: Direction) -> list[int]:
     chosen = list(config.getoption("seed") or [])
     n = config.getoption("seeds")
     if n:
         chosen += list(range(1, n + 1))
-    return chosen or list(CI_SEEDS)
+    return chosen or list(CI_SEEDS[direction.id])
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "direction" in metafunc.fixturenames:
-        seeds = seeds_from(metafunc.config)
-        metafunc.parametrize(("direction", "seed"), [(d, s) for d in DIRECTIONS for s in seeds],
-                             ids=[f"{d.id}-seed{s}" for d in DIRECTIONS for s in seeds])
+        cases = [(d, s) for d in DIRECTIONS for s in seeds_for(metafunc.config, d)]
+        metafunc.parametrize(("direction", "seed"), cases,
+                             ids=[f"{d.id}-seed{s}" for d, s in cases])
 
 
 def families_for(config: pytest.Config, direction: Direction) -> frozenset[str]:
@@ -439,7 +463,7 @@ def families_for(config: pytest.Config, direction: Direction) -> frozenset[str]:
     unknown = fams - set(ALL_FAMILIES)
     if unknown:
         raise pytest.UsageError(f"--families: unknown {sorted(unknown)}; known: {ALL_FAMILIES}")
-    return fams | {"dml"}
+    return fams | {"dml"} | ({"ddl"} if "ddl_kill" in fams else set())
 
 
 @dataclass
@@ -452,7 +476,7 @@ class Pair:
 
 
 @pytest.fixture
-def pair(direction: Direction, tmp_path: Path, make_mysql_db: Callable[[], Any],
+def pair(direction: Direction, seed: int, tmp_path: Path, make_mysql_db: Callable[[], Any],
          make_pg_db: Callable[[], Any]) -> Iterator[Pair]:
     src = make_mysql_db() if direction.source == "mysql" else make_pg_db()
     tgt = make_mysql_db() if direction.target == "mysql" else make_pg_db()
@@ -466,7 +490,7 @@ def pair(direction: Direction, tmp_path: Path, make_mysql_db: Callable[[], Any],
     for code, label in STATUS_LABELS.items():
         tgt.execute("INSERT INTO crm_status_map (code, label) VALUES (%s, %s)", (code, label))
     cfg = write_pipeline(tmp_path, src.url, tgt.url, rule_sql(direction.source, "UPPER(o.note)"),
-                         extra=PIPELINE_EXTRA, name=f"diff_{src.name}")
+                         extra=pipeline_extra(seed), name=f"diff_{src.name}")
     cdc("setup", "-c", str(cfg))
     try:
         yield Pair(direction, src, tgt, cfg, tmp_path)
@@ -581,13 +605,16 @@ class Schedule:
                      rng.randint(scratch + 3, change - 3): "drop_scratch",
                      change: rng.choice(["rename", "drop"]), fix: "fix"}
             window = set(range(change - 1, fix + 2))
+            if "ddl_kill" in families:  # kill -9 and restart before the rule is fixed
+                at = rng.randint(change + 1, fix - 2)
+                s.kills[at] = rng.randint(0, fix - at - 2)
         if "truncate" in families:
             s.truncates = set(rng.sample(range(10, n - 5), rng.randint(1, 2)))
         if "kill" in families:
             for i in sorted(rng.sample(range(5, n - 5), rng.randint(2, 4))):
                 down = rng.randint(0, 6)
                 if not window & set(range(i, i + down + 2)):
-                    s.kills[i] = down
+                    s.kills.setdefault(i, down)
         return s
 
 
@@ -604,10 +631,16 @@ def test_differential(pair: Pair, seed: int, request: pytest.FixtureRequest) -> 
     what = f"seed {seed}, {direction.id}, families {sorted(families)}"
     statement_log = pair.tmp / "workload.sql"
     try:
-        daemon.start()
-        daemon.wait_streaming()
-        # Some rows before anything else, so that every family has something to act on.
-        wl.run([wl.insert_customers(5)[0], wl.insert_orders(15)])
+        if "snapshot" in families:
+            bootstrap(wl, pair)
+        else:
+            daemon.start()
+            daemon.wait_streaming()
+            # Some rows first, so that every family has something to act on.
+            wl.run([wl.insert_customers(5)[0], wl.insert_orders(15)])
+        if not daemon.up:
+            daemon.start()
+            daemon.wait_streaming()
         for i in range(sched.n_ops):
             if restart_at == i:
                 daemon.start()
@@ -638,13 +671,19 @@ def test_differential(pair: Pair, seed: int, request: pytest.FixtureRequest) -> 
         final_orders, final_customers = src.rows("orders"), src.rows("customers")
         got_orders, got_customers = target_rows(pair.tgt_db)
         daemon.stop()
+        verified = cdc("verify", "-c", str(pair.cfg), "--json", check=False)
     finally:
         statement_log.write_text("\n".join(wl.log) + "\n")
         if daemon.up and daemon.proc.proc is not None and daemon.proc.proc.poll() is None:
             daemon.proc.kill9()
         src.close()
-    problems = diff("crm_orders", expected_orders(final_orders, note), got_orders) + \
-        diff("crm_customers", expected_customers(final_customers), got_customers)
+    want_orders = expected_orders(final_orders, note)
+    want_customers = expected_customers(final_customers)
+    problems = diff("crm_orders", want_orders, got_orders) + \
+        diff("crm_customers", want_customers, got_customers)
+    if note.frozen_before is None:  # verify recomputes every row through today's rule
+        problems += verify_disagrees(verified, {"crm_orders": (want_orders, got_orders),
+                                                "crm_customers": (want_customers, got_customers)})
     if status["dead_letters"]:
         problems.append(f"{status['dead_letters']} dead letters (the workload makes none)")
     tracebacks = own_tracebacks(daemon.tail(10**9))
@@ -654,6 +693,59 @@ def test_differential(pair: Pair, seed: int, request: pytest.FixtureRequest) -> 
         pytest.fail(f"{what}: the target differs from the model ({wl.seq} statements, log in"
                     f" {statement_log}; replay with --seed {seed} --families"
                     f" {','.join(sorted(families))}):\n" + "\n".join(problems), pytrace=False)
+
+
+def verify_disagrees(p: Any, tables: dict[str, tuple[dict[str, Row], dict[str, Row]]]
+                     ) -> list[str]:
+    """`cdc verify` must count what the model counts: a divergence it does not
+    see is as silent as the divergence itself."""
+    import json
+
+    from differential_model import normalized
+
+    try:
+        reports = json.loads(p.stdout)
+    except ValueError:
+        return [f"cdc verify --json exited {p.returncode}: {p.stdout[-2000:]}{p.stderr[-2000:]}"]
+    out, equal = [], True
+    for r in reports:
+        exp, act = (normalized(t) for t in tables[r["target_table"]])
+        want = {"expected": len(exp), "missing": len(set(exp) - set(act)),
+                "different": sum(1 for k in set(exp) & set(act) if exp[k] != act[k]),
+                "extra": len(set(act) - set(exp))}
+        got = {k: r[k] for k in want}
+        equal = equal and want["missing"] == want["different"] == want["extra"] == 0
+        if got != want:
+            out.append(f"cdc verify on {r['target_table']} says {got}, the model {want}")
+    if (p.returncode == 0) != equal:
+        out.append(f"cdc verify exited {p.returncode} where the model says "
+                   f"{'equal' if equal else 'different'}")
+    return out
+
+
+def bootstrap(wl: Workload, pair: Pair) -> None:
+    """Rows that predate the pipeline: `cdc snapshot` in small chunks while the
+    source keeps taking writes, then streaming from its hand-over point."""
+    import subprocess
+    import sys
+
+    from pipeline_helpers import REPO
+
+    for _ in range(4):
+        wl.run([wl.insert_customers(3)[0], wl.insert_orders(12)])
+    wl.log.append("-- cdc snapshot starts")
+    log = pair.tmp / "snapshot.log"
+    with open(log, "wb") as fh:
+        snap = subprocess.Popen([sys.executable, "-m", "cdc", "snapshot", "-c", str(pair.cfg),
+                                 "--chunk-rows", "7"], stdout=fh, stderr=fh, cwd=REPO)
+    # A fixed number of writes (the seed decides the workload, not the timing);
+    # the ones the snapshot outlasts meet it mid-copy.
+    for _ in range(wl.rng.randint(15, 30)):
+        wl.run(wl.random_op())
+        time.sleep(0.05)
+    code = snap.wait(timeout=120)
+    wl.log.append("-- cdc snapshot done")
+    assert code == 0, f"cdc snapshot exited {code}:\n{log.read_text()[-3000:]}"
 
 
 def run_ddl(step: str, wl: Workload, note: NoteSource, pair: Pair, daemon: Daemon) -> None:
