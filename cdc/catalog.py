@@ -189,7 +189,10 @@ def _partitioned_identity(conn: Any, oid: int, own: str) -> str:
     leaves = [_s(r[0]) for r in conn.execute(
         "SELECT c.relreplident FROM pg_partition_tree(%s::oid::regclass) p"
         " JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf", (oid,)).fetchall()]
-    if not leaves:
+    if not leaves or own == "f":
+        # FULL on the root is the DBA's stated intent: `cdc setup` gives its
+        # partitions the same, and doctor and the stream's preflight refuse a
+        # partition that lacks it, so no delete is silently key-only.
         return own
     if all(x == "f" for x in leaves):
         return "f"

@@ -322,7 +322,11 @@ def test_mixed_case_names(tmp_path: Path, make_pg_db: Any) -> None:
         "folded": "INSERT INTO \"Out\" (src, id, v) SELECT 'm', m.id, m.v"
                   " FROM public.MixedCase AS m",
         "camel": "INSERT INTO \"Out\" (src, id, v) SELECT 'c', c.id, c.v FROM \"CamelCase\" AS c",
-    }, name=f"n_{src.name}")
+    }, name=f"n_{src.name}", extra="""
+        rule_options:
+          folded: {on_truncate: ignore}
+          camel: {on_truncate: ignore}
+        """)
     try:
         cdc("setup", "-c", str(cfg))
         assert sorted(src.query("SELECT tablename FROM pg_publication_tables")) == [
