@@ -87,8 +87,7 @@ DIRECTIONS = [
 #   the rule reads and the reload of the fixed rule get NULL (item 3);
 # - ddl_kill, every direction: the restart with the old rule exits 2 ("source
 #   table 'orders' has no column 'note'") instead of pausing that rule.
-_EVERY_IDENTITY = ("dml", "delete", "pk_change", "filter_exit", "truncate", "ddl", "ddl_kill",
-                   "kill", "snapshot")
+_EVERY_IDENTITY = ("dml", "delete", "pk_change", "filter_exit", "truncate", "kill", "snapshot")
 _FULL_IMAGES = _EVERY_IDENTITY
 CI_FAMILIES: dict[str, tuple[str, ...]] = {
     d.id: _EVERY_IDENTITY if d.source == "postgresql" and d.identity != "full" else _FULL_IMAGES
