@@ -43,6 +43,7 @@ from cdc.deadletter import change_from_json, change_to_json
 from cdc.events import RowChange, Transaction
 from cdc.plan import Plan
 from cdc.positions import decode_position
+from cdc.rules.bind import in_subquery
 from cdc.rules.compile import CompiledRule
 from cdc.rules.parse import Rule
 
@@ -66,7 +67,7 @@ def read_columns(rule: CompiledRule) -> frozenset[str]:
         if isinstance(col.this, exp.Star):
             return every
         # An unqualified name inside a subquery belongs to the subquery's tables.
-        if not qual and _in_subquery(col, sel):
+        if not qual and in_subquery(col, sel):
             continue
         c = source.column(col.name)
         if c is not None:
@@ -96,7 +97,7 @@ def vanished_columns(config: Config, rule: Rule, source: TableSchema | None) -> 
             continue
         qual = col.table.lower()
         if qual == alias or (not qual and not rule.lookups
-                             and not _in_subquery(col, rule.select)):
+                             and not in_subquery(col, rule.select)):
             names.add(col.name)
     for cond in config.options_for(rule.name).validate:
         try:
@@ -138,15 +139,6 @@ def pause_at_startup(config: Config, target: Any, rules: list[Rule], plan: Plan,
         log.warning("schema change: %s: source table %s is PAUSED (rules %s); its changes are "
                     "parked in the target until the rule is fixed and reloaded (SIGHUP or "
                     "restart); every other table keeps streaming", what, table, names)
-
-
-def _in_subquery(node: exp.Expr, top: exp.Select) -> bool:
-    parent = node.parent
-    while parent is not None and parent is not top:
-        if isinstance(parent, exp.Select):
-            return True
-        parent = parent.parent
-    return False
 
 
 @dataclass(slots=True)

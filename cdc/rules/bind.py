@@ -87,7 +87,7 @@ def bind(rule: Rule, source: TableSchema | None, target: TableSchema | None,
     for c in rule.select.find_all(exp.Column):
         if isinstance(c.this, exp.Star):
             continue
-        if _in_subquery(c, rule.select):
+        if in_subquery(c, rule.select):
             continue
         qual = c.table.lower()
         name = c.name
@@ -217,7 +217,8 @@ def _near(name: str, options: list[str]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
-def _in_subquery(node: exp.Expr, top: exp.Select) -> bool:
+def in_subquery(node: exp.Expr, top: exp.Select) -> bool:
+    """Whether ``node`` sits inside a subquery of ``top`` (its names are the subquery's)."""
     parent = node.parent
     while parent is not None and parent is not top:
         if isinstance(parent, exp.Select):
