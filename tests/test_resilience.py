@@ -271,3 +271,26 @@ def test_kill_9_ten_times_under_load(tmp_path: Path, mysql_db: Any, pg_db: Any) 
     assert w.done * 20 >= 9000 and changes > 0  # ~55 row changes per transaction
     equal(mysql_db, pg_db)
     assert own_tracebacks(log.read_text()) == []
+
+
+def test_connection_lost_inside_a_rule_is_transient_not_a_rule_error() -> None:
+    """CI once saw the daemon exit 2 with "items.sql:1: on the target: consuming
+    input failed: server closed the connection": a cut while a rule's statement
+    ran was blamed on the rule.  Both targets hand such errors back as they are
+    (their classify makes them transient); a real SQL error stays the rule's."""
+    from cdc.errors import RuleError
+    from cdc.targets import mysql as my_target
+    from cdc.targets import postgres as pg_target
+
+    rule: Any = type("R", (), {"bound": type("B", (), {
+        "rule": type("S", (), {"file": Path("rules/items.sql"), "line": 1})()})()})()
+    lost = psycopg.OperationalError("consuming input failed: server closed the connection")
+    assert pg_target._rule_error(rule, lost) is lost
+    bad = psycopg.errors.UndefinedColumn("column x does not exist")
+    assert isinstance(pg_target._rule_error(rule, bad), RuleError)
+    for err in (pymysql.err.OperationalError(2013, "Lost connection to server during query"),
+                pymysql.err.OperationalError(2006, "MySQL server has gone away"),
+                pymysql.err.InterfaceError(0, "")):
+        assert my_target._rule_error(rule, err) is err
+    syntax = pymysql.err.ProgrammingError(1064, "You have an error in your SQL syntax")
+    assert isinstance(my_target._rule_error(rule, syntax), RuleError)

@@ -923,7 +923,13 @@ def _row_failure(rule: CompiledRule, e: pymysql.err.MySQLError) -> isolate.RowFa
     return isolate.RowFailure(rule, str(e.args[-1]), fk=_code(e) in _FK_ERRORS)
 
 
-def _rule_error(rule: CompiledRule, e: pymysql.err.MySQLError) -> RuleError:
+def _rule_error(rule: CompiledRule, e: pymysql.err.MySQLError) -> Exception:
+    """The rule's fault, unless the connection went (see the PostgreSQL twin):
+    then the driver error as it is, for classify to call transient."""
+    code = _code(e)
+    if isinstance(e, pymysql.err.InterfaceError) or code in _TRANSIENT_CODES \
+            or _client_error(code):
+        return e
     msg = e.args[1] if len(e.args) > 1 else str(e)
     return RuleError(f"on the target: {msg}", file=rule.bound.rule.file,
                      line=rule.bound.rule.line)

@@ -801,7 +801,12 @@ def _pg_text(e: psycopg.Error) -> str:
     return text
 
 
-def _rule_error(rule: CompiledRule, e: psycopg.Error) -> RuleError:
+def _rule_error(rule: CompiledRule, e: psycopg.Error) -> Exception:
+    """The rule's fault, unless the connection went: a connection lost while a
+    rule's statement ran is the driver error as it is, for the caller's
+    classify (transient: reconnect and replay), never a terminal rule error."""
+    if isinstance(e, (psycopg.OperationalError, *_TRANSIENT)):
+        return e
     diag = e.diag
     text = (diag.message_primary or str(e)).strip()
     if diag.message_hint:
