@@ -7,8 +7,9 @@ nothing else.  Functions take an open DB-API connection and do plain queries.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cdc import names
@@ -66,6 +67,21 @@ class TableSchema:
             if c.name.lower() == lowered:
                 return c
         return None
+
+
+def schema_to_json(t: TableSchema) -> str:
+    """A table shape as the bookkeeping keeps it (cdc.source_schemas)."""
+    return json.dumps(asdict(t), separators=(",", ":"))
+
+
+def schema_from_json(text: str) -> TableSchema:
+    d = json.loads(text)
+    return TableSchema(
+        schema=d["schema"], name=d["name"],
+        columns=tuple(Column(**c) for c in d["columns"]),
+        primary_key=tuple(d["primary_key"]), replica_identity=d.get("replica_identity", "d"),
+        unique_keys=tuple(tuple(k) for k in d.get("unique_keys", ())),
+        identity_index=tuple(d.get("identity_index", ())))
 
 
 def split_name(name: str, default_schema: str) -> tuple[str, str]:

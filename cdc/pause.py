@@ -127,6 +127,34 @@ def startup_pauses(config: Config, rules: list[Rule], source: Any,
     return out
 
 
+def earlier_shapes(config: Config, rules: list[Rule], source: Any, target: Any,
+                   paused: Collection[str]) -> dict[str, TableSchema]:
+    """Source tables to bind as the running rules last saw them, not as the
+    catalog has them now: a column a rule reads was dropped or renamed while
+    cdc was stopped or behind, and the shape saved at the last start still has
+    it.  The stream from the offset holds the changes made before the ALTER;
+    they carry the column and apply through the rule as it was.  The first
+    change without it pauses the table (``Guard``), at its own position.
+    Without a saved shape, ``startup_pauses`` pauses at the offset instead."""
+    saved = target.source_schemas()
+    out: dict[str, TableSchema] = {}
+    for table in sorted({r.source.name for r in rules} - set(paused)):
+        mine = [r for r in rules if r.source.name == table]
+        now = source.table(table)
+        if table not in saved or not any(vanished_columns(config, r, now) for r in mine):
+            continue
+        shape, at = saved[table]
+        if any(vanished_columns(config, r, shape) for r in mine):
+            continue
+        gone = sorted({c for r in mine for c in vanished_columns(config, r, now)})
+        out[table] = shape
+        log.warning("source table %s no longer has column(s) %s that its rules read; its "
+                    "changes from before that ALTER apply as the table was when cdc last "
+                    "started (%s), and the table pauses at the first change without them",
+                    table, ", ".join(gone), at)
+    return out
+
+
 def pause_at_startup(config: Config, target: Any, rules: list[Rule], plan: Plan,
                      pauses: dict[str, str], position: str) -> None:
     """Record the ``startup_pauses`` whose rules indeed did not bind."""

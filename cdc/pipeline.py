@@ -153,7 +153,10 @@ class Runner:
                 # A paused table's rule may still read a vanished column: the
                 # table then stays paused, the rest of the reload applies.
                 paused = {p["table"] for p in target.paused_tables()}
-                plan = build_plan(new, source, target, rules, tolerate=paused)
+                # A table still bound as it was before an ALTER (the stream has
+                # not reached it yet) is validated the same way.
+                shapes = pause.earlier_shapes(new, rules, source, target, paused)
+                plan = build_plan(new, source, target, rules, tolerate=paused, shapes=shapes)
                 for c in plan.rules:
                     target.check_rules(list(plan.stages.values()), [c])
             finally:
@@ -183,13 +186,18 @@ class Runner:
             # A column dropped or renamed while cdc was down (or behind): pause
             # that table, not the pipeline.  Not for a pipeline that never ran,
             # where it is more likely a typo (and `cdc check` says so).
+            held = {p["table"] for p in paused}
+            shapes = {} if offset is None else pause.earlier_shapes(
+                cfg, rules, source, target, held)
             fresh = {} if offset is None else pause.startup_pauses(
-                cfg, rules, source, {p["table"] for p in paused})
-            plan = build_plan(cfg, source, target, rules,
-                              tolerate={p["table"] for p in paused} | set(fresh))
+                cfg, rules, source, held | set(shapes))
+            plan = build_plan(cfg, source, target, rules, tolerate=held | set(fresh),
+                              shapes=shapes)
             if fresh and offset is not None:
                 pause.pause_at_startup(cfg, target, rules, plan, fresh, offset[0].encode())
                 paused = target.paused_tables()
+            # The shapes these rules are bound against, for the next start.
+            target.save_source_schemas({name: st.source for name, st in plan.stages.items()})
             attach_converters(plan, cfg)
             self.guard = pause.Guard(cfg, plan, paused)
             if offset is None:

@@ -6,7 +6,7 @@ source table and the compiled rules that read it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,14 +74,17 @@ def check_truncate_choice(config: Config, rules: list[Rule]) -> None:
 
 
 def build_plan(config: Config, source: Catalog, target: Any,
-               rules: list[Rule] | None = None, tolerate: Collection[str] = ()) -> Plan:
+               rules: list[Rule] | None = None, tolerate: Collection[str] = (),
+               shapes: Mapping[str, TableSchema] | None = None) -> Plan:
     """``tolerate``: source tables (paused ones, cdc.pause) whose rules may fail
     to bind; such a table is left out of the plan, with the reason in
-    ``Plan.unbound``, instead of failing the whole plan."""
+    ``Plan.unbound``, instead of failing the whole plan.  ``shapes``: source
+    tables to bind as they were, not as the catalog has them now
+    (cdc.pause.earlier_shapes)."""
     rules = parse_rules(config) if rules is None else rules
     if not rules:
         raise TerminalError(f"{config.rules_dir}: every rule is disabled")
-    source_cache: dict[str, TableSchema | None] = {}
+    source_cache: dict[str, TableSchema | None] = dict(shapes or {})
     target_cache: dict[str, TableSchema | None] = {}
 
     def src(name: str) -> TableSchema | None:

@@ -21,7 +21,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -30,7 +30,7 @@ import pymysql
 
 from cdc import bookkeeping, catalog
 from cdc.batch import Batch, Converter, stage_rows
-from cdc.catalog import TableSchema
+from cdc.catalog import TableSchema, schema_from_json, schema_to_json
 from cdc.config import Config
 from cdc.deadletter import MYSQL_ROW_ERRORS, DeadLetter, change_to_json
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
@@ -717,7 +717,7 @@ class MySQLTarget:
         paused tables and their parked changes)."""
         with self.transaction() as tx:
             for t in ("cdc_offsets", "cdc_status", "cdc_snapshot_tables", "cdc_dead_letters",
-                      "cdc_paused", "cdc_parked_changes"):
+                      "cdc_paused", "cdc_parked_changes", "cdc_source_schemas"):
                 tx.execute(f"DELETE FROM {ident(t, 'mysql')} WHERE pipeline = %s",  # noqa: S608
                            (self.pipeline,))
 
@@ -783,6 +783,22 @@ class MySQLTarget:
         with self.transaction() as tx:
             tx.execute("UPDATE cdc_paused SET rules = %s, reason = %s WHERE pipeline = %s"
                        " AND source_table = %s", (rules, reason, self.pipeline, table))
+
+    # --- the source shapes the rules were bound against (cdc.pause) -----------
+    def save_source_schemas(self, schemas: Mapping[str, TableSchema]) -> None:
+        """See ``PostgresTarget.save_source_schemas``."""
+        with self.transaction() as tx:
+            for name, t in schemas.items():
+                tx.execute("INSERT INTO cdc_source_schemas (pipeline, source_table,"
+                           " table_schema) VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE"
+                           " table_schema = VALUES(table_schema), saved_at = CURRENT_TIMESTAMP(6)",
+                           (self.pipeline, name, schema_to_json(t)))
+
+    def source_schemas(self) -> dict[str, tuple[TableSchema, datetime]]:
+        """See ``PostgresTarget.source_schemas``."""
+        rows = self._query("SELECT source_table, table_schema, saved_at FROM cdc_source_schemas"
+                           " WHERE pipeline = %s", (self.pipeline,))
+        return {str(name): (schema_from_json(str(text)), _aware(at)) for name, text, at in rows}
 
     # --- snapshot progress ------------------------------------------------------
     def snapshot_chunk_begin(self, tx: _Tx) -> None:

@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ from psycopg import sql
 
 from cdc import bookkeeping, catalog
 from cdc.batch import Batch, Converter, stage_rows
-from cdc.catalog import TableSchema, split_name
+from cdc.catalog import TableSchema, schema_from_json, schema_to_json, split_name
 from cdc.config import Config, DatabaseUrl
 from cdc.deadletter import DeadLetter, change_to_json, pg_is_row_error
 from cdc.errors import ConnectionLost, RuleError, TargetError, TerminalError, TransientError
@@ -571,7 +571,7 @@ class PostgresTarget:
         conn = self.conn()
         with conn.transaction():
             for t in ("offsets", "status", "snapshot_tables", "dead_letters", "paused",
-                      "parked_changes"):
+                      "parked_changes", "source_schemas"):
                 conn.execute(sql.SQL("DELETE FROM cdc.{} WHERE pipeline = %s").format(
                     sql.Identifier(t)), (self.pipeline,))
 
@@ -639,6 +639,28 @@ class PostgresTarget:
         with conn.transaction():
             conn.execute("UPDATE cdc.paused SET rules = %s, reason = %s WHERE pipeline = %s"
                          " AND source_table = %s", (rules, reason, self.pipeline, table))
+
+    # --- the source shapes the rules were bound against (cdc.pause) -----------
+    @_guarded
+    def save_source_schemas(self, schemas: Mapping[str, TableSchema]) -> None:
+        conn = self.conn()
+        with conn.transaction():
+            for name, t in schemas.items():
+                conn.execute("INSERT INTO cdc.source_schemas (pipeline, source_table,"
+                             " table_schema) VALUES (%s, %s, %s) ON CONFLICT (pipeline,"
+                             " source_table) DO UPDATE SET table_schema = EXCLUDED.table_schema,"
+                             " saved_at = now()", (self.pipeline, name, schema_to_json(t)))
+
+    @_guarded
+    def source_schemas(self) -> dict[str, tuple[TableSchema, datetime]]:
+        conn = self.conn()
+        try:
+            rows = conn.execute("SELECT source_table, table_schema, saved_at FROM"
+                                " cdc.source_schemas WHERE pipeline = %s",
+                                (self.pipeline,)).fetchall()
+        finally:
+            conn.rollback()
+        return {name: (schema_from_json(text), at) for name, text, at in rows}
 
     # --- snapshot progress ------------------------------------------------------
     def lock_offset_shared(self, conn: Any) -> None:
