@@ -3,6 +3,7 @@ watchdog hears from it during every wait, and only one daemon runs a pipeline.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -385,3 +386,87 @@ def test_lock_is_taken_again_after_a_reconnect(tmp_path: Path, mysql_db: Any, ma
         if b is not None:
             assert b.terminate() == 0, b.log.read_text()[-3000:]
     assert sorted(tgt.query("SELECT id, name FROM t_items")) == [(1, "A"), (2, "B")]
+
+
+def test_watchdog_stops_pinging_a_stuck_main_thread() -> None:
+    """The pinger is no blanket: it pings while the main thread checks in or
+    announced a rightful wait, and stops when it does neither (a hang), so
+    systemd still restarts a daemon that is really stuck."""
+    from cdc.service import Service
+
+    notify = NotifySocket()
+    try:
+        service = Service(None, env=notify.env(1_000_000))  # type: ignore[arg-type]
+        assert service.interval == 0.5
+        service.start()
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:  # a turning loop
+            service.watchdog()
+            time.sleep(0.05)
+        last_alive = time.monotonic()
+        time.sleep(2.0)  # stuck: no check-in
+        with service_waiting(service, 2.0):  # a rightful wait (a batch, a backoff)
+            busy_from = time.monotonic()
+            time.sleep(2.0)
+        service.close()
+        with notify.lock:
+            pings = [t for t, m in notify.messages if m.startswith("WATCHDOG=1")]
+    finally:
+        notify.close()
+    assert any(t < last_alive for t in pings)
+    stuck = [t for t in pings if last_alive + 0.5 + 0.3 < t < busy_from]
+    assert stuck == [], "pings went on for a main thread that stopped checking in"
+    assert len([t for t in pings if t > busy_from]) >= 3, "no pings during a rightful wait"
+
+
+@contextlib.contextmanager
+def service_waiting(service: Any, seconds: float) -> Iterator[None]:
+    from cdc.pipeline import Hooks
+
+    with Hooks(busy=service.busy).waiting(seconds):
+        yield
+
+
+def test_watchdog_pings_while_a_batch_waits_on_the_target(tmp_path: Path, mysql_db: Any,
+                                                          pg_db: Any) -> None:
+    """A batch blocked on a row lock in the target (a DBA's open transaction) is
+    a rightful wait: the watchdog keeps hearing from the daemon; the row
+    applies once the lock goes."""
+    mysql_db.execute(SRC_DDL["mysql"])
+    pg_db.execute(TGT_DDL["postgresql"])
+    pg_db.execute("INSERT INTO t_items VALUES (1, 'old')")
+    cfg = write_pipeline(tmp_path, mysql_db.url, pg_db.url, {"items": RULE})
+    cdc("setup", "-c", str(cfg))
+    notify = NotifySocket()
+    usec = 2_000_000
+    log = tmp_path / "run.log"
+    proc = _start_daemon(cfg, log, notify.env(usec))
+    blocker = pg_db.connect()
+    try:
+        notify.wait_for("READY=1")
+        blocker.autocommit = False
+        blocker.execute("SELECT * FROM t_items WHERE id = 1 FOR UPDATE")
+        mysql_db.execute("INSERT INTO items VALUES (1, 'new')")
+        # Wait until the daemon's statement is seen waiting on our lock.
+        deadline = time.monotonic() + 60
+        while not pg_db.query("SELECT 1 FROM pg_stat_activity WHERE application_name = 'cdc'"
+                              " AND wait_event_type = 'Lock' AND datname = current_database()"):
+            assert time.monotonic() < deadline, "the daemon never waited on the row lock"
+            time.sleep(0.1)
+        waiting_from = time.monotonic()
+        time.sleep(3 * usec / 1_000_000)  # longer than the whole watchdog interval
+        blocker.rollback()
+        _wait_rows(pg_db, "SELECT id, name FROM t_items", [(1, "NEW")])
+        assert _sigterm(proc, log, notify) == 0, log.read_text()[-3000:]
+    finally:
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+    with notify.lock:
+        pings = [t for t, m in notify.messages if "WATCHDOG=1" in m.splitlines()]
+    during = [t for t in pings if t > waiting_from]
+    assert len(during) >= 6, "no pings while the batch waited"
+    gaps = notify.ping_gaps()
+    assert max(gaps) < usec / 1_000_000 / 2, max(gaps)
