@@ -64,6 +64,7 @@ class PipelineLock:
         self.config = config
         self.url = config.target
         self._conn: Any = None
+        self._claimed = False  # our pid, host and start are in the status row
 
     @property
     def held(self) -> bool:
@@ -127,6 +128,8 @@ class PipelineLock:
         if self._conn is not None:
             try:
                 if self._still_ours(self._conn):
+                    if not self._claimed:
+                        self._claim(target)
                     return
             except ConnectionLost as e:
                 log.warning("%s; taking the pipeline lock again", e)
@@ -141,9 +144,8 @@ class PipelineLock:
                 raise
             if got:
                 self._conn = conn
-                target.claim_pipeline()
-                log.info("holding pipeline %s (lock in the %s)", self.config.pipeline,
-                         self._where())
+                self._claimed = False
+                self._claim(target)
                 return
             _close(conn)
             holder = target.pipeline_holder()
@@ -153,6 +155,11 @@ class PipelineLock:
                 time.sleep(0.5)  # just killed: its session is about to end
                 continue
             raise self._refusal(holder)
+
+    def _claim(self, target: Any) -> None:
+        target.claim_pipeline()  # may fail (transient): then again on the next acquire
+        self._claimed = True
+        log.info("holding pipeline %s (lock in the %s)", self.config.pipeline, self._where())
 
     def _refusal(self, holder: dict[str, Any]) -> PipelineLocked:
         since = holder.get("started_at")
