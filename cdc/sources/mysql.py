@@ -64,15 +64,15 @@ def pymysql_connect(**kw: Any) -> pymysql.connections.Connection:
     pymysql applies it to the TCP connect only: a server (or a half-dead
     proxy) that accepts and then says nothing would hang us for ever in the
     greeting.  The read/write timeouts cover the handshake and init command,
-    then go back to none, so a long statement is not cut (pymysql applies the
-    per-connection timeouts again before its next read or write).
+    then go back to what the caller asked (by default none, so a long
+    statement is not cut; pymysql applies them before its next read or write).
     """
     timeout = kw.get("connect_timeout") or 10
-    kw.setdefault("read_timeout", timeout)
-    kw.setdefault("write_timeout", timeout)
-    conn = pymysql.connect(**kw)
-    conn._read_timeout = None  # type: ignore[attr-defined]
-    conn._write_timeout = None  # type: ignore[attr-defined]
+    read, write = kw.get("read_timeout"), kw.get("write_timeout")
+    conn = pymysql.connect(**{**kw, "read_timeout": read or timeout,
+                              "write_timeout": write or timeout})
+    conn._read_timeout = read  # type: ignore[attr-defined]
+    conn._write_timeout = write  # type: ignore[attr-defined]
     return conn
 
 

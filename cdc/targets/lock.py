@@ -75,14 +75,21 @@ class PipelineLock:
         if self.url.kind == "postgresql":
             from cdc.targets.postgres import connect
 
-            return connect(self.url, timeout=self.config.connect_timeout, autocommit=True)
+            # Its queries are instant: a check sent into a dead network fails
+            # after connect_timeout instead of hanging (tcp_user_timeout).
+            return connect(self.url, timeout=self.config.connect_timeout, autocommit=True,
+                           tcp_user_timeout=int(self.config.connect_timeout * 1000))
         import pymysql
 
         from cdc.sources.mysql import classify
         from cdc.sources.mysql import connect as mysql_connect
 
         try:
-            return mysql_connect(self.url, timeout=self.config.connect_timeout)
+            # Its queries are instant: a server that does not answer them in
+            # connect_timeout is gone (and so, maybe, is the lock).
+            timeout = max(1, int(self.config.connect_timeout))
+            return mysql_connect(self.url, timeout=timeout, read_timeout=timeout,
+                                 write_timeout=timeout)
         except pymysql.err.MySQLError as e:  # those connect() does not map itself
             raise classify(e, self.url) from None
 
@@ -133,7 +140,9 @@ class PipelineLock:
                     return
             except ConnectionLost as e:
                 log.warning("%s; taking the pipeline lock again", e)
-            self.release()
+            # A broken session is not asked to unlock: it may not answer at all.
+            conn, self._conn = self._conn, None
+            _close(conn)
         deadline = time.monotonic() + DEAD_HOLDER_WAIT_SECONDS
         while True:
             conn = self._connect()
@@ -150,9 +159,9 @@ class PipelineLock:
             _close(conn)
             holder = target.pipeline_holder()
             pid, host = holder.get("pid"), holder.get("host")
-            if pid and host == socket.gethostname() and not _alive(int(pid)) \
-                    and time.monotonic() < deadline:
-                time.sleep(0.5)  # just killed: its session is about to end
+            if pid and host == socket.gethostname() and time.monotonic() < deadline \
+                    and (int(pid) == os.getpid() or not _alive(int(pid))):
+                time.sleep(0.5)  # just killed, or our own last run: its session is ending
                 continue
             raise self._refusal(holder)
 
@@ -185,8 +194,19 @@ class PipelineLock:
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            _close(conn)
+        if conn is None:
+            return
+        # Unlock before closing: a close ends the session only some moments
+        # later on the server, and a run started right after (a restart in the
+        # same process) would find the lock still taken.
+        with contextlib.suppress(ConnectionLost):
+            if self.url.kind == "postgresql":
+                self._scalar(conn, "SELECT pg_advisory_unlock(%s)",
+                             (_pg_key(self.config.pipeline),))
+            else:
+                self._scalar(conn, "SELECT RELEASE_LOCK(%s)",
+                             (_mysql_name(self.url.database, self.config.pipeline),))
+        _close(conn)
 
 
 def _close(conn: Any) -> None:
