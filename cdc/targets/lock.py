@@ -104,8 +104,7 @@ class PipelineLock:
                     row = cur.fetchone()
         except Exception as e:  # any driver error: the session, and the lock, may be gone
             raise ConnectionLost(f"{self._where()}: the pipeline lock's connection failed: "
-                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
-                                 ) from None
+                                 f"{_reason(e)}") from None
         return row[0] if row else None
 
     def _try(self, conn: Any) -> bool:
@@ -207,6 +206,14 @@ class PipelineLock:
                 self._scalar(conn, "SELECT RELEASE_LOCK(%s)",
                              (_mysql_name(self.url.database, self.config.pipeline),))
         _close(conn)
+
+
+def _reason(e: BaseException) -> str:
+    args: tuple[Any, ...] = tuple(getattr(e, "args", ()))
+    if len(args) == 2 and isinstance(args[0], int):  # pymysql: (code, message)
+        return f"{args[1] or 'connection lost'} ({args[0]})"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _close(conn: Any) -> None:
