@@ -65,6 +65,11 @@ def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
         return None
 
 
+# Without a watchdog, the start timeout is still extended in steps of this
+# (times four) while the daemon waits for its databases before READY=1.
+NO_WATCHDOG_WINDOW = 10.0
+
+
 class Service:
     """Wires the pipeline's hooks to systemd and to the metrics."""
 
@@ -86,8 +91,10 @@ class Service:
                      watchdog=self.watchdog, error=self.error, tick=self.tick, busy=self.busy)
 
     def start(self) -> None:
-        """Start the watchdog pinger (when systemd wants pings)."""
-        if self.interval is None or self._pinger is not None:
+        """Start the pinger when under systemd: WATCHDOG=1 if it wants pings,
+        and EXTEND_TIMEOUT_USEC until READY=1 in any case."""
+        source: Mapping[str, str] = os.environ if self.env is None else self.env
+        if self._pinger is not None or not source.get("NOTIFY_SOCKET"):
             return
         self.alive_at = time.monotonic()
         self._pinger = threading.Thread(target=self._ping_main, name="cdc-watchdog",
@@ -99,24 +106,31 @@ class Service:
         if self._pinger is not None:
             self._pinger.join(timeout=5)
 
+    def _window(self) -> float:
+        """How long the main thread may go without checking in."""
+        return self.interval if self.interval is not None else NO_WATCHDOG_WINDOW
+
     def _ping_main(self) -> None:
-        assert self.interval is not None
-        period = self.interval / 2
+        period = self._window() / 2
         self._ping()
         while not self._stopped.wait(period):
+            if self.interval is None and self.ready_sent:
+                return  # only the start timeout needed us
             self._ping()
 
     def _ping(self) -> None:
-        assert self.interval is not None
         now = time.monotonic()
-        if now - self.alive_at > self.interval and now > self.busy_until:
+        if now - self.alive_at > self._window() and now > self.busy_until:
             return  # the main thread is stuck: let systemd see it
-        msg = "WATCHDOG=1"
+        parts = []
+        if self.interval is not None:
+            parts.append("WATCHDOG=1")
         if not self.ready_sent:
             # Starting (maybe waiting for a database): keep systemd's start
             # timeout ahead of us as long as we are alive.
-            msg += f"\nEXTEND_TIMEOUT_USEC={int(self.interval * 4 * 1_000_000)}"
-        notify(msg, self.env)
+            parts.append(f"EXTEND_TIMEOUT_USEC={int(self._window() * 4 * 1_000_000)}")
+        if parts:
+            notify("\n".join(parts), self.env)
 
     def ready(self) -> None:
         # Also after a reload (RELOADING=1 wants a READY=1 to end it).

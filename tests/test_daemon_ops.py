@@ -470,3 +470,28 @@ def test_watchdog_pings_while_a_batch_waits_on_the_target(tmp_path: Path, mysql_
     assert len(during) >= 6, "no pings while the batch waited"
     gaps = notify.ping_gaps()
     assert max(gaps) < usec / 1_000_000 / 2, max(gaps)
+
+
+def test_start_timeout_is_extended_without_a_watchdog() -> None:
+    """No WatchdogSec: no WATCHDOG=1, but a start that waits for a database
+    still extends systemd's start timeout until READY=1."""
+    from cdc.service import Service
+
+    notify = NotifySocket()
+    try:
+        env = notify.env(1)
+        del env["WATCHDOG_USEC"]
+        service = Service(None, env=env)  # type: ignore[arg-type]
+        assert service.interval is None
+        service.start()
+        notify.wait_for("EXTEND_TIMEOUT_USEC=40000000")
+        service.ready()
+        notify.wait_for("READY=1")
+        service.close()
+        time.sleep(0.2)
+        texts = notify.texts()
+    finally:
+        notify.close()
+    assert not any("WATCHDOG=1" in m for m in texts), texts
+    assert not any("EXTEND_TIMEOUT_USEC" in m for m in texts[texts.index(
+        next(m for m in texts if "READY=1" in m)):]), texts
