@@ -1,7 +1,8 @@
 """Command line: the only place that prints and chooses exit codes.
 
 Exit codes: 0 ok, 1 a check failed / behind, 2 usage or configuration error,
-3 a terminal runtime error, 4 interrupted while retrying a transient one.
+3 a terminal runtime error, 4 interrupted while retrying a transient one,
+5 another daemon already runs the pipeline (`cdc run`).
 """
 
 from __future__ import annotations
@@ -212,9 +213,12 @@ def run(config_path: str) -> None:
     logged and the running one carries on.
     Transient failures (lost connections, restarts, deadlocks) are retried with
     backoff; terminal ones (bad password, purged binlog, broken rule) exit 3.
+    Only one daemon runs a pipeline (a lock in the target): a second one exits
+    5 at once, naming the pid and host of the first.
     """
     from cdc.pipeline import run as run_pipeline
     from cdc.service import Service
+    from cdc.targets.lock import PipelineLocked
 
     cfg = _config(config_path)
     stop = threading.Event()
@@ -243,12 +247,17 @@ def run(config_path: str) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
+    service.start()
     try:
         run_pipeline(cfg, stop, service.hooks(), reload)
     except TransientError as e:
         _fail(e, 4)
+    except PipelineLocked as e:
+        _fail(e, 5)
     except CdcError as e:
         _fail(e)
+    finally:
+        service.close()
 
 
 @cli.command()

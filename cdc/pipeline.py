@@ -8,12 +8,13 @@ the last commit and the rules' upserts make the replay harmless.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from cdc.plan import Plan, attach_converters, build_plan
 from cdc.reader import END, ProcessReader, ThreadReader, tune_gc
 from cdc.sources import open_source
 from cdc.targets import open_target
+from cdc.targets.lock import PipelineLock
 from cdc.toast import fill_unchanged
 
 log = logging.getLogger("cdc.pipeline")
@@ -44,6 +46,22 @@ class Hooks:
     error: Callable[[CdcError], None] | None = None
     # Every few seconds: dead_letters, seconds_behind, slot_retained_wal_bytes.
     tick: Callable[[dict[str, Any]], None] | None = None
+    # Before a wait that may rightly block for up to N seconds (0: it ended);
+    # the watchdog keeps pinging meanwhile (cdc.service).
+    busy: Callable[[float], None] | None = None
+
+    @contextlib.contextmanager
+    def waiting(self, seconds: float, what: str | None = None) -> Iterator[None]:
+        """A wait that is not a hang: tell systemd what it is, keep the watchdog fed."""
+        if what and self.status:
+            self.status(what)
+        if self.busy:
+            self.busy(seconds)
+        try:
+            yield
+        finally:
+            if self.busy:
+                self.busy(0)
 
 
 def run(config: Config, stop: threading.Event, hooks: Hooks | None = None,
@@ -67,9 +85,22 @@ def run(config: Config, stop: threading.Event, hooks: Hooks | None = None,
                         time.monotonic() - state["since"])
         state.update(delay=config.retry_initial_seconds, since=0.0, attempts=0)
 
+    # One daemon per pipeline: held from the first connection to the exit,
+    # taken again by each reconnect (cdc.targets.lock).
+    lock = PipelineLock(config)
+    try:
+        _supervise(config, stop, hooks, reload, lock, state, recovered)
+    finally:
+        lock.release()
+
+
+def _supervise(config: Config, stop: threading.Event, hooks: Hooks, reload: threading.Event,
+               lock: PipelineLock, state: dict[str, float], recovered: Callable[[], None]
+               ) -> None:
     while not stop.is_set():
         try:
-            runner = Runner(config, stop, hooks, on_streaming=recovered, reload=reload)
+            runner = Runner(config, stop, hooks, on_streaming=recovered, reload=reload,
+                            lock=lock)
             runner.run()
             if runner.reloaded is not None:
                 config = runner.reloaded
@@ -87,12 +118,19 @@ def run(config: Config, stop: threading.Event, hooks: Hooks | None = None,
             elif state["attempts"] % 10 == 0:
                 log.warning("still failing after %d attempts (%.0fs): %s", state["attempts"],
                             time.monotonic() - state["since"], e)
-            if hooks.status:
-                hooks.status(f"retrying: {e}")
-            _record_failing(config, e)
-            stop.wait(state["delay"] * (0.5 + random.random()))
+            wait = state["delay"] * (0.5 + random.random())
+            # Waiting out an outage is not a hang: the watchdog keeps hearing
+            # from us, and systemctl status says what we wait for.
+            with hooks.waiting(wait + 2 * config.connect_timeout + 5,
+                               f"retrying in {wait:.1f} s (attempt {state['attempts']}): {e}"):
+                _record_failing(config, lock, e)
+                stop.wait(wait)
             state["delay"] = min(state["delay"] * 2, config.retry_max_seconds)
 
+
+# One wait (a batch, a drain of parked changes, a reload's validation) longer
+# than this is taken for a hang: the watchdog pings stop and systemd restarts us.
+BUSY_SECONDS = 600.0
 
 # The daemon's heartbeat: it rewrites its status row this often while it runs.
 # `cdc lag` calls a status older than HEARTBEAT_STALE_SECONDS stale.
@@ -100,9 +138,15 @@ STATUS_SECONDS = 5.0
 HEARTBEAT_STALE_SECONDS = 30.0
 
 
-def _record_failing(config: Config, e: CdcError) -> None:
-    """Best effort: `cdc lag` shows 'failing' and why while we retry."""
+def _record_failing(config: Config, lock: PipelineLock, e: CdcError) -> None:
+    """Best effort: `cdc lag` shows 'failing' and why while we retry.
+
+    Only while this daemon holds the pipeline: the status row is the holder's
+    (a daemon that lost the lock must not overwrite who holds it now)."""
     try:
+        if not lock.held:
+            return
+        lock.check()
         target = open_target(config)
         try:
             target.write_status("failing", message=str(e)[:500])
@@ -116,13 +160,20 @@ def _noop() -> None:
     pass
 
 
+def _where(url: Any) -> str:
+    kind = "PostgreSQL" if url.kind == "postgresql" else "MySQL"
+    return f"{kind} {url.host}:{url.port}" if url.host_given else f"{kind} (local socket)"
+
+
 class Runner:
     """One connected run: from connecting to a clean stop or an error."""
 
     def __init__(self, config: Config, stop: threading.Event, hooks: Hooks,
                  on_streaming: Callable[[], None] = _noop,
-                 reload: threading.Event | None = None) -> None:
+                 reload: threading.Event | None = None,
+                 lock: PipelineLock | None = None) -> None:
         self.config = config
+        self.lock = lock or PipelineLock(config)
         self.stop = stop
         self.hooks = hooks
         self.on_streaming = on_streaming
@@ -175,7 +226,24 @@ class Runner:
         target = open_target(cfg)
         source = None
         try:
+            with self.hooks.waiting(BUSY_SECONDS, f"starting: connecting to {_where(cfg.target)}"
+                                    f" (target) and {_where(cfg.source)} (source)"):
+                source, plan, start = self._start(target)
+            self._loop(source, target, plan, start)
+        finally:
+            if source is not None:
+                source.close()
+            target.close()
+
+    def _start(self, target: Any) -> tuple[Any, Plan, Any]:
+        """Connect, check the bookkeeping, plan the rules, drain parked changes."""
+        cfg = self.config
+        source = None
+        try:
             target.require_schema()
+            # Before the source: a second daemon must not touch the binlog
+            # connection (same server_id) or the slot of the first one.
+            self.lock.acquire(target)
             from cdc.plan import parse_rules
 
             rules = parse_rules(cfg)
@@ -215,11 +283,11 @@ class Runner:
                 # Parked changes come before the stream from the offset on.
                 pause.drain(cfg, source, target, plan, self.guard, self.hooks.watchdog)
             tune_gc()
-            self._loop(source, target, plan, start)
-        finally:
+        except BaseException:
             if source is not None:
                 source.close()
-            target.close()
+            raise
+        return source, plan, start
 
     def _loop(self, source: Any, target: Any, plan: Plan, start: Any) -> None:
         cfg = self.config
@@ -229,7 +297,8 @@ class Runner:
         log.info("streaming pipeline %s from %s (%d rules over %s)", cfg.pipeline,
                  start if start is not None else "the slot's position", len(plan.rules),
                  ", ".join(plan.source_tables))
-        target.write_status("streaming", message=None)
+        with self.hooks.waiting(2 * cfg.connect_timeout + 30):
+            target.write_status("streaming", message=None)
         if self.hooks.ready:
             self.hooks.ready()
         self.on_streaming()
@@ -239,34 +308,15 @@ class Runner:
         pending_error: BaseException | None = None
         try:
             while not self.stop.is_set():
-                if self.reload.is_set() and self._try_reload():
-                    break
+                if self.reload.is_set():
+                    with self.hooks.waiting(BUSY_SECONDS, "reloading: validating the rules"):
+                        switch = self._try_reload()
+                    if switch:
+                        break
                 batch, pending_error, ended = self._collect()
                 if batch.transactions:
-                    parking = self.guard.filter(batch)
-                    if cfg.source.kind == "postgresql":
-                        fill_unchanged(batch, plan, cfg, source)
-                    last = batch.transactions[-1]
-                    if last.heartbeat and last.commit_time is None:
-                        # Idle is not lag: nothing was pending at this moment.
-                        last.commit_time = datetime.now(UTC)
-                    t0 = time.perf_counter()
-                    # Text values (PostgreSQL -> PostgreSQL) need no conversion.
-                    staged = target.apply(batch, plan.stages, plan.by_table,
-                                          {} if getattr(source, "text_values", False)
-                                          else plan.converters,
-                                          park=parking.writer(target) if parking else None)
-                    elapsed = time.perf_counter() - t0
-                    if hasattr(reader, "ack"):
-                        reader.ack(batch.position)
-                    else:
-                        source.ack(batch.position)
-                    rows_window.append((time.monotonic(), batch.rows))
-                    if self.hooks.batch:
-                        self.hooks.batch(batch, elapsed, staged)
-                    if batch.rows:
-                        log.debug("applied %d transactions, %d changes in %.3fs up to %s",
-                                  len(batch), batch.rows, elapsed, batch.position)
+                    with self.hooks.waiting(BUSY_SECONDS):
+                        self._apply(source, target, plan, reader, batch, rows_window)
                 if pending_error is not None:
                     raise pending_error
                 if ended:
@@ -275,30 +325,63 @@ class Runner:
                 now = time.monotonic()
                 if now - last_dlq >= cfg.dlq_retry_seconds:
                     last_dlq = now
-                    dlq.retry(cfg, source, target, self.guard.live_plan(), due_only=True)
+                    with self.hooks.waiting(BUSY_SECONDS):
+                        dlq.retry(cfg, source, target, self.guard.live_plan(), due_only=True)
                 if self.hooks.watchdog:
                     self.hooks.watchdog()
                 if now - last_status >= STATUS_SECONDS:
                     last_status = now
                     rows_window = [(t, n) for t, n in rows_window if now - t <= 60]
                     rate = sum(n for _, n in rows_window) / 60.0
-                    try:
-                        pos = source.current_position()
-                    except CdcError:
-                        pos = None
-                    target.write_status("streaming", source_position=pos, rows_per_second=rate)
-                    self._tick(source, target)
+                    with self.hooks.waiting(2 * cfg.connect_timeout + 30):
+                        self.lock.check()
+                        try:
+                            pos = source.current_position()
+                        except CdcError:
+                            pos = None
+                        target.write_status("streaming", source_position=pos,
+                                            rows_per_second=rate)
+                        self._tick(source, target)
                     if self.hooks.status:
                         self.hooks.status(f"streaming at {batch.position if batch.transactions else start}, "
                                           f"{rate:.0f} rows/s")
         finally:
-            reader.stop()
+            with self.hooks.waiting(60, "stopping: closing the source stream"
+                                    if self.stop.is_set() else None):
+                reader.stop()
         if self.stop.is_set() and self.reloaded is None:
             try:
                 target.write_status("stopped")
             except CdcError:
                 pass
             log.info("stopped cleanly")
+
+    def _apply(self, source: Any, target: Any, plan: Plan, reader: Any, batch: Batch,
+               rows_window: list[tuple[float, int]]) -> None:
+        cfg = self.config
+        parking = self.guard.filter(batch)
+        if cfg.source.kind == "postgresql":
+            fill_unchanged(batch, plan, cfg, source)
+        last = batch.transactions[-1]
+        if last.heartbeat and last.commit_time is None:
+            # Idle is not lag: nothing was pending at this moment.
+            last.commit_time = datetime.now(UTC)
+        t0 = time.perf_counter()
+        # Text values (PostgreSQL -> PostgreSQL) need no conversion.
+        staged = target.apply(batch, plan.stages, plan.by_table,
+                              {} if getattr(source, "text_values", False) else plan.converters,
+                              park=parking.writer(target) if parking else None)
+        elapsed = time.perf_counter() - t0
+        if hasattr(reader, "ack"):
+            reader.ack(batch.position)
+        else:
+            source.ack(batch.position)
+        rows_window.append((time.monotonic(), batch.rows))
+        if self.hooks.batch:
+            self.hooks.batch(batch, elapsed, staged)
+        if batch.rows:
+            log.debug("applied %d transactions, %d changes in %.3fs up to %s",
+                      len(batch), batch.rows, elapsed, batch.position)
 
     def _tick(self, source: Any, target: Any) -> None:
         """Facts for metrics, and the WAL retention guard for a PostgreSQL slot."""

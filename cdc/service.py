@@ -1,8 +1,17 @@
 """systemd integration without extra dependencies.
 
 ``sd_notify`` is one datagram to ``$NOTIFY_SOCKET``; writing it here keeps the
-daemon free of libsystemd.  The watchdog ping goes out at half the interval
-systemd asked for (``$WATCHDOG_USEC``), only while the apply loop is turning.
+daemon free of libsystemd.
+
+The watchdog ping (``WATCHDOG=1``) goes out from a small thread at a quarter of
+the interval systemd asked for (``$WATCHDOG_USEC``), but only while the daemon
+shows it is alive: the main thread checks in (``watchdog()``) every time its
+loop turns, and before a wait that may block it for long, correctly (a
+connection attempt, a retry backoff, a big batch, draining parked changes), it
+says how long that may take (``busy(seconds)``).  A main thread stuck anywhere
+else stops the pings within half the interval, and systemd restarts it.
+Until ``READY=1`` the pings also extend systemd's start timeout
+(``EXTEND_TIMEOUT_USEC``): a database down at startup is waited for, not fatal.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +43,9 @@ def notify(message: str, env: dict[str, str] | None = None) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             s.connect(addr)
-            s.sendall(message.encode())
+            # Never block on it: a receiver that does not read must not stall
+            # the daemon (a signal handler sends STOPPING=1 from the main thread).
+            s.send(message.encode(), socket.MSG_DONTWAIT)
         return True
     except OSError as e:
         log.debug("sd_notify failed: %s", e)
@@ -53,6 +65,11 @@ def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
         return None
 
 
+# Without a watchdog, the start timeout is still extended in steps of this
+# (times four) while the daemon waits for its databases before READY=1.
+NO_WATCHDOG_WINDOW = 10.0
+
+
 class Service:
     """Wires the pipeline's hooks to systemd and to the metrics."""
 
@@ -62,17 +79,64 @@ class Service:
         self.metrics = metrics
         self.env = env
         self.interval = watchdog_interval(env)
-        self.last_ping = 0.0
         self.ready_sent = False
+        # Written by the main thread, read by the pinger: plain floats, whole.
+        self.alive_at = time.monotonic()
+        self.busy_until = 0.0
+        self._stopped = threading.Event()
+        self._pinger: threading.Thread | None = None
 
     def hooks(self) -> Hooks:
         return Hooks(ready=self.ready, status=self.status, batch=self.batch,
-                     watchdog=self.watchdog, error=self.error, tick=self.tick)
+                     watchdog=self.watchdog, error=self.error, tick=self.tick, busy=self.busy)
+
+    def start(self) -> None:
+        """Start the pinger when under systemd: WATCHDOG=1 if it wants pings,
+        and EXTEND_TIMEOUT_USEC until READY=1 in any case."""
+        source: Mapping[str, str] = os.environ if self.env is None else self.env
+        if self._pinger is not None or not source.get("NOTIFY_SOCKET"):
+            return
+        self.alive_at = time.monotonic()
+        self._pinger = threading.Thread(target=self._ping_main, name="cdc-watchdog",
+                                        daemon=True)
+        self._pinger.start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        if self._pinger is not None:
+            self._pinger.join(timeout=5)
+
+    def _window(self) -> float:
+        """How long the main thread may go without checking in."""
+        return self.interval if self.interval is not None else NO_WATCHDOG_WINDOW
+
+    def _ping_main(self) -> None:
+        period = self._window() / 2
+        self._ping()
+        while not self._stopped.wait(period):
+            if self.interval is None and self.ready_sent:
+                return  # only the start timeout needed us
+            self._ping()
+
+    def _ping(self) -> None:
+        now = time.monotonic()
+        if now - self.alive_at > self._window() and now > self.busy_until:
+            return  # the main thread is stuck: let systemd see it
+        parts = []
+        if self.interval is not None:
+            parts.append("WATCHDOG=1")
+        if not self.ready_sent:
+            # Starting (maybe waiting for a database): keep systemd's start
+            # timeout ahead of us as long as we are alive.
+            parts.append(f"EXTEND_TIMEOUT_USEC={int(self._window() * 4 * 1_000_000)}")
+        if parts:
+            notify("\n".join(parts), self.env)
 
     def ready(self) -> None:
         # Also after a reload (RELOADING=1 wants a READY=1 to end it).
         notify("READY=1\nSTATUS=streaming", self.env)
         self.ready_sent = True
+        self.watchdog()
         if self.metrics:
             self.metrics.up(True)
 
@@ -80,12 +144,15 @@ class Service:
         notify(f"STATUS={text[:200]}", self.env)
 
     def watchdog(self) -> None:
-        if self.interval is None:
-            return
+        """The main thread is alive (called each time its loop turns)."""
+        self.alive_at = time.monotonic()
+
+    def busy(self, seconds: float) -> None:
+        """The main thread may now block for up to ``seconds`` on a wait that is
+        not a hang (0: that wait is over)."""
         now = time.monotonic()
-        if now - self.last_ping >= self.interval:
-            self.last_ping = now
-            notify("WATCHDOG=1", self.env)
+        self.alive_at = now
+        self.busy_until = now + seconds if seconds > 0 else 0.0
 
     def batch(self, batch: Batch, seconds: float, staged: int) -> None:
         if self.metrics:

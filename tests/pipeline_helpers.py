@@ -135,9 +135,10 @@ def wait_caught_up(config: Config, timeout: float = 60,
 class DaemonProcess:
     """`python -m cdc run` as a child process (for kill -9 tests)."""
 
-    def __init__(self, cfg_path: Path, log: Path) -> None:
+    def __init__(self, cfg_path: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.cfg_path = cfg_path
         self.log = log
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.streams_before = 0
 
@@ -149,7 +150,8 @@ class DaemonProcess:
         self.streams_before = self._streams()
         fh = open(self.log, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", "-c",
-                                      str(self.cfg_path)], stdout=fh, stderr=fh, cwd=REPO)
+                                      str(self.cfg_path)], stdout=fh, stderr=fh, cwd=REPO,
+                                     env=self.env)
         fh.close()
 
     def kill9(self) -> None:

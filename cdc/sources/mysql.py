@@ -58,10 +58,28 @@ _TIMESTAMP_TYPES = {FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2}
 _EPOCH = datetime(1970, 1, 1)
 
 
+def pymysql_connect(**kw: Any) -> pymysql.connections.Connection:
+    """``pymysql.connect`` whose ``connect_timeout`` bounds the whole handshake.
+
+    pymysql applies it to the TCP connect only: a server (or a half-dead
+    proxy) that accepts and then says nothing would hang us for ever in the
+    greeting.  The read/write timeouts cover the handshake and init command,
+    then go back to what the caller asked (by default none, so a long
+    statement is not cut; pymysql applies them before its next read or write).
+    """
+    timeout = kw.get("connect_timeout") or 10
+    read, write = kw.get("read_timeout"), kw.get("write_timeout")
+    conn = pymysql.connect(**{**kw, "read_timeout": read or timeout,
+                              "write_timeout": write or timeout})
+    conn._read_timeout = read  # type: ignore[attr-defined]
+    conn._write_timeout = write  # type: ignore[attr-defined]
+    return conn
+
+
 def connect(url: DatabaseUrl, *, database: bool = True, timeout: float = 10.0,
             **extra: Any) -> pymysql.connections.Connection:
     try:
-        return pymysql.connect(
+        return pymysql_connect(
             host=url.host, port=url.port, user=url.user, password=url.password,
             database=url.database if database else None, charset="utf8mb4",
             connect_timeout=int(timeout), autocommit=True,
@@ -243,7 +261,7 @@ class MySQLSource:
                 if connects > 1:
                     raise ConnectionLost("binlog connection lost; resuming from the last "
                                          "committed position")
-            return pymysql.connect(**kw)
+            return pymysql_connect(**kw)
 
         keys = self._table_keys()
         settings = {"host": self.url.host, "port": self.url.port, "user": self.url.user,

@@ -38,6 +38,7 @@ from cdc.events import RowChange, TextRows, is_zero_date_text
 from cdc.positions import Position, decode_position
 from cdc.rules.compile import KIND, PARTIAL, SEQ, CompiledRule, StageTable, ident, table_sql
 from cdc.sources.mysql import classify as classify_connect
+from cdc.sources.mysql import pymysql_connect
 from cdc.sources.pgjson import JsonText
 from cdc.targets import isolate, steps
 
@@ -267,7 +268,7 @@ class MySQLTarget:
         if self._conn is None or not self._conn.open:
             u = self.url
             try:
-                self._conn = pymysql.connect(
+                self._conn = pymysql_connect(
                     host=u.host, port=u.port, user=u.user, password=u.password,
                     database=u.database, charset="utf8mb4", autocommit=False,
                     connect_timeout=int(self.config.connect_timeout),
@@ -419,6 +420,24 @@ class MySQLTarget:
                 " updated_at = UTC_TIMESTAMP(6)",
                 (self.pipeline, state, pos, pos, rows_per_second, message, os.getpid(),
                  socket.gethostname()))
+
+    def claim_pipeline(self) -> None:
+        """See ``PostgresTarget.claim_pipeline``."""
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO cdc_status (pipeline, state, pid, host, started_at, updated_at)"
+                " VALUES (%s, 'starting', %s, %s, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
+                " ON DUPLICATE KEY UPDATE state = VALUES(state), message = NULL,"
+                " pid = VALUES(pid), host = VALUES(host), started_at = VALUES(started_at),"
+                " updated_at = VALUES(updated_at)",
+                (self.pipeline, os.getpid(), socket.gethostname()))
+
+    def pipeline_holder(self) -> dict[str, Any]:
+        """See ``PostgresTarget.pipeline_holder``."""
+        rows = self._query("SELECT pid, host, started_at FROM cdc_status WHERE pipeline = %s",
+                           (self.pipeline,))
+        pid, host, since = rows[0] if rows else (None, None, None)
+        return {"pid": pid, "host": host, "started_at": _aware(since)}
 
     def read_status(self) -> dict[str, Any]:
         rows = self._query(

@@ -241,6 +241,30 @@ class PostgresTarget:
                  message, os.getpid(), socket.gethostname()))
 
     @_guarded
+    def claim_pipeline(self) -> None:
+        """Say who runs the pipeline now (called once its lock is taken)."""
+        conn = self.conn()
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO cdc.status AS s (pipeline, state, pid, host, started_at, updated_at)"
+                " VALUES (%s, 'starting', %s, %s, now(), now())"
+                " ON CONFLICT (pipeline) DO UPDATE SET state = EXCLUDED.state,"
+                " message = NULL, pid = EXCLUDED.pid, host = EXCLUDED.host,"
+                " started_at = EXCLUDED.started_at, updated_at = EXCLUDED.updated_at",
+                (self.pipeline, os.getpid(), socket.gethostname()))
+
+    @_guarded
+    def pipeline_holder(self) -> dict[str, Any]:
+        """pid, host and started_at of the daemon that last claimed the pipeline."""
+        conn = self.conn()
+        try:
+            row = conn.execute("SELECT pid, host, started_at FROM cdc.status"
+                               " WHERE pipeline = %s", (self.pipeline,)).fetchone()
+        finally:
+            conn.rollback()
+        return dict(zip(["pid", "host", "started_at"], row or (None, None, None), strict=True))
+
+    @_guarded
     def read_status(self) -> dict[str, Any]:
         conn = self.conn()
         try:
