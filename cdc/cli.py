@@ -43,7 +43,9 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _fail(e: BaseException, code: int = 3) -> NoReturn:
-    if isinstance(e, ConfigError | RuleError):
+    from cdc.bookkeeping import NotSetUp
+
+    if isinstance(e, ConfigError | RuleError | NotSetUp):
         code = 2
     click.echo(f"cdc: error: {e}", err=True)
     sys.exit(code)
@@ -333,11 +335,13 @@ def _daemon_state(state: str, heartbeat_age: float | None, pid: int | None,
 
 def lag_report(cfg: Config) -> dict[str, Any]:
     """The facts `cdc lag` prints, as a dict (also used by tests and metrics)."""
+    from cdc.bookkeeping import require_setup
     from cdc.positions import decode_position
     from cdc.targets import open_target
 
     target = open_target(cfg)
     try:
+        require_setup(target, cfg.pipeline, cfg.path)
         st = target.read_status()
         try:
             paused = target.paused_tables()
@@ -642,9 +646,16 @@ def dlq() -> None:
 
 
 def _dlq_target(cfg: Config) -> Any:
+    from cdc.bookkeeping import require_setup
     from cdc.targets import open_target
 
-    return open_target(cfg)
+    target = open_target(cfg)
+    try:
+        require_setup(target, cfg.pipeline, cfg.path)
+    except CdcError:
+        target.close()
+        raise
+    return target
 
 
 def _jsonable_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -729,6 +740,9 @@ def dlq_retry(config_path: str, ids: tuple[int, ...], all_: bool, as_json: bool)
     try:
         source, target = _open(cfg)
         try:
+            from cdc.bookkeeping import require_setup
+
+            require_setup(target, cfg.pipeline, cfg.path)
             plan = build_plan(cfg, source, target)
             attach_converters(plan, cfg)
             res = dlq_mod.retry(cfg, source, target, plan, None if all_ else list(ids))
