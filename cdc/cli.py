@@ -1,7 +1,9 @@
 """Command line: the only place that prints and chooses exit codes.
 
-Exit codes: 0 ok, 1 a check failed / behind, 2 usage or configuration error,
-3 a terminal runtime error, 4 interrupted while retrying a transient one.
+Exit codes: 0 ok (also `run` stopped by SIGTERM/SIGINT, even while it was
+retrying a transient failure: that is a clean stop), 1 a check failed / behind,
+2 usage or configuration error, 3 a terminal runtime error, 4 a snapshot
+interrupted by a signal (run it again to resume).
 """
 
 from __future__ import annotations
@@ -27,12 +29,29 @@ log = logging.getLogger("cdc")
 CONFIG_HELP = "Pipeline YAML file (or set CDC_CONFIG)."
 
 
+def _under_journald() -> bool:
+    """Is stderr the stream systemd connected to the journal?
+
+    systemd sets JOURNAL_STREAM to that stream's ``device:inode``; a child
+    whose stderr was redirected elsewhere inherits the variable, so it is
+    compared with stderr itself (as sd_journal_stream_fd(3) advises).
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    # One event a line; journald adds its own timestamp, but a terminal wants one.
+    # One event a line.  journald stamps each line itself; anywhere else (a
+    # terminal, a log file, a container's log) the line must carry its time.
     fmt = "%(levelname)s %(name)s: %(message)s"
-    if sys.stderr.isatty():
+    if not _under_journald():
         fmt = "%(asctime)s " + fmt
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
