@@ -95,7 +95,7 @@ def _verify_rule(config: Config, target: Any, plan: Any, c: CompiledRule, repair
     cols = [q(x) for x in c.bound.columns]
     keys = [q(k) for k in c.bound.key]
     tgt = table_sql(c.bound.rule.target.name, d)
-    reader = ChunkReader(config, table, stage.columns, list(stage.source.primary_key),
+    reader = ChunkReader(config, table, stage.columns, list(stage.source.row_key),
                          None, chunk_rows)
     try:
         with target.transaction() as conn:
