@@ -621,12 +621,16 @@ def verify(config_path: str, tables: tuple[str, ...], repair: bool, as_json: boo
     that differ, and target rows the rules no longer produce (counted only when
     one rule alone writes the table). Exit 1 when anything differs (and was not
     repaired). A running `cdc run` pauses while each rule's comparison is taken.
+    Rows compared so far go to stderr: redrawn on a terminal, else every 10 s.
     """
+    from cdc.progress import Display
     from cdc.verify import verify as run_verify
 
     cfg = _config(config_path)
+    # A big table takes minutes: say how far the comparison is, on stderr.
+    display = Display(label="verify", verb="comparing")
     try:
-        reports = run_verify(cfg, list(tables) or None, repair)
+        reports = run_verify(cfg, list(tables) or None, repair, progress=display.update)
     except CdcError as e:
         _fail(e)
     if as_json:
