@@ -48,7 +48,7 @@ def test_commands_before_setup_say_run_setup(tmp_path: Path, target_kind: str,
     cfg = write_pipeline(tmp_path, src.url, tgt.url, {"items": RULE})
     for args in (["lag"], ["lag", "--json"], ["lag", "--max-seconds", "10"], ["status"],
                  ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "drop", "--all"],
-                 ["dlq", "retry", "--all"]):
+                 ["dlq", "retry", "--all"], ["snapshot"], ["verify"], ["run"]):
         p = cdc(*args, "-c", str(cfg), check=False)
         lines = error_lines(p)
         assert p.returncode == 2, (args, p.returncode, p.stderr)
@@ -135,6 +135,101 @@ def test_unique_not_null_key_is_enough(tmp_path: Path, mysql_db: Any, pg_db: Any
     v = cdc("verify", "-c", str(cfg))
     assert v.stdout.startswith("ok ") and "249 expected, 0 missing, 0 different, 0 extra" \
         in v.stdout, v.stdout
+
+
+# --- c. doctor --print-grants for a fresh user and an existing cdc schema -------------------
+
+PLACEHOLDER = "CHANGE-ME"
+
+
+def follow_printed_sql(grants: str, passwords: dict[str, str], mysql_exec: Any,
+                       pg_exec: Any) -> None:
+    """Run the printed SQL as a DBA would: each statement on its server (the
+    `-- source:` / `-- target:` headers say which), the commented CREATE USER
+    lines with a real password instead of the placeholder."""
+    server = None
+    for line in grants.splitlines():
+        if line.startswith(("-- source: ", "-- target: ")):
+            server = line.split(": ", 1)[1].split("://", 1)[0]
+            continue
+        if line.startswith("-- CREATE "):
+            user = next(u for u in passwords if u in line)
+            line = line[3:].replace(PLACEHOLDER, passwords[user])
+        elif line.startswith("--") or not line.strip():
+            continue
+        stmt = line.split(";  --")[0]
+        (mysql_exec if server == "mysql" else pg_exec)(stmt)
+
+
+def test_print_grants_make_a_fresh_user_pass_doctor(tmp_path: Path, mysql_db: Any, pg_db: Any,
+                                                    mariadb_server: Any,
+                                                    pg_server: Any) -> None:
+    """An earlier `cdc setup` as the superuser left a cdc schema the new
+    least-privilege user does not own; the printed SQL covers it."""
+    mysql_db.execute(SRC)
+    pg_db.execute(TGT["postgresql"])
+    cfg = write_pipeline(tmp_path, mysql_db.url, pg_db.url, {"items": RULE})
+    cdc("setup", "-c", str(cfg))
+    suffix = mysql_db.name[-6:]
+    my_user, pg_user = f"er_{suffix}", f"ew_{suffix}"
+    src = mariadb_server.url(mysql_db.name, my_user, "pw1")
+    tgt = pg_server.url(pg_db.name, pg_user, "pw2")
+    (tmp_path / "least").mkdir()
+    cfg = write_pipeline(tmp_path / "least", src, tgt, {"items": RULE})
+    grants = cdc("doctor", "-c", str(cfg), "--print-grants").stdout
+    assert f"-- CREATE USER '{my_user}'@'%' IDENTIFIED BY '{PLACEHOLDER}';" in grants
+    assert f"-- CREATE ROLE \"{pg_user}\" LOGIN PASSWORD '{PLACEHOLDER}';" in grants
+    assert f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "cdc" TO ' \
+           f'"{pg_user}";' in grants
+    # What the grants printed before covered: not the existing cdc schema.
+    on_cdc = [ln for ln in grants.splitlines() if 'SCHEMA "cdc" TO' in ln]
+    assert len(on_cdc) == 3
+    older = "\n".join(ln for ln in grants.splitlines() if ln not in on_cdc)
+    follow_printed_sql(older, {my_user: "pw1", pg_user: "pw2"}, mariadb_server.execute,
+                       pg_db.execute)
+    doctor = cdc("doctor", "-c", str(cfg), check=False)
+    assert doctor.returncode == 1
+    assert "FAIL bookkeeping privileges: schema cdc (owner " in doctor.stdout, doctor.stdout
+    # The fix is the SQL itself, not a pointer back to --print-grants.
+    assert "--print-grants" not in doctor.stdout
+    fix = doctor.stdout.split("FAIL bookkeeping privileges")[1]
+    assert all(ln.split("  --")[0] in fix for ln in on_cdc), doctor.stdout
+    follow_printed_sql("-- target: postgresql://\n" + "\n".join(on_cdc), {}, None,
+                       pg_db.execute)
+    assert pg_db.query("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (pg_user,)) == \
+        [(False,)]
+    doctor = cdc("doctor", "-c", str(cfg), check=False)
+    assert doctor.returncode == 0, doctor.stdout
+    assert "FAIL" not in doctor.stdout
+    # And the user really runs the pipeline in the schema it does not own.
+    cdc("setup", "-c", str(cfg))
+    with PipelineThread(cfg) as p:
+        mysql_db.execute("INSERT INTO items VALUES (1, 'least')")
+        p.wait_caught_up()
+    assert pg_db.query("SELECT id, name FROM t_items") == [(1, "least")]
+    assert pg_db.query("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'cdc'"
+                       ) != [(pg_user,)]
+
+
+def test_print_grants_for_a_mysql_target(tmp_path: Path, mysql_db: Any, make_mysql_db: Any,
+                                         mariadb_server: Any) -> None:
+    mysql_db.execute(SRC)
+    tgt_db = make_mysql_db()
+    tgt_db.execute(TGT["mysql"])
+    cfg = write_pipeline(tmp_path, mysql_db.url, tgt_db.url, {"items": RULE},
+                         name=f"m_{mysql_db.name}")
+    cdc("setup", "-c", str(cfg))  # the cdc_* tables exist, made by root
+    suffix = mysql_db.name[-6:]
+    rd, wr = f"mr_{suffix}", f"mw_{suffix}"
+    (tmp_path / "least").mkdir()
+    cfg = write_pipeline(tmp_path / "least", mariadb_server.url(mysql_db.name, rd, "pw1"),
+                         mariadb_server.url(tgt_db.name, wr, "pw2"), {"items": RULE},
+                         name=f"m_{mysql_db.name}")
+    grants = cdc("doctor", "-c", str(cfg), "--print-grants").stdout
+    assert f"-- CREATE USER '{wr}'@'%' IDENTIFIED BY '{PLACEHOLDER}';" in grants
+    follow_printed_sql(grants, {rd: "pw1", wr: "pw2"}, mariadb_server.execute, None)
+    doctor = cdc("doctor", "-c", str(cfg), check=False)
+    assert doctor.returncode == 0, doctor.stdout
 
 
 # --- d. parse errors ------------------------------------------------------------------------
