@@ -68,9 +68,11 @@ def print_grants(config: Config, tables: list[str], targets: list[str],
         out += [f"GRANT USAGE ON SCHEMA {_q(sc, 'postgresql')} TO {role};" for sc in schemas]
         if tables:
             out.append(f"GRANT SELECT ON {', '.join(_pg_name(x) for x in tables)} TO {role};")
-        out += ["-- the publication is created by `cdc setup`; the role must own the tables, or",
-                f"-- the owner creates it once: CREATE PUBLICATION {_q(config.publication, 'pg')} "
-                f"FOR TABLE {', '.join(_pg_name(x) for x in tables)};"]
+        out += ["-- `cdc setup` creates the publication when the role owns the tables; else "
+                "their owner runs once:",
+                f"-- CREATE PUBLICATION {_q(config.publication, 'pg')} "
+                f"FOR TABLE {', '.join(_pg_name(x) for x in tables)} "
+                "WITH (publish_via_partition_root = true);  -- PostgreSQL < 13: no WITH"]
     out.append(f"-- target: {t.redacted()}")
     out += _create_user(t.kind, t.user)
     if t.kind == "mysql":
