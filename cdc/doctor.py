@@ -348,10 +348,13 @@ def _pg_bookkeeping_access(config: Config, target: Any) -> Check:
     conn = target.conn()
     try:
         row = conn.execute(
-            "SELECT n.nspowner::regrole::text, has_schema_privilege(n.oid, 'USAGE, CREATE'),"
+            # A list of privileges asks whether *any* is held: ask for each.
+            "SELECT n.nspowner::regrole::text, has_schema_privilege(n.oid, 'USAGE')"
+            " AND has_schema_privilege(n.oid, 'CREATE'),"
             " (SELECT string_agg(c.relname, ', ' ORDER BY c.relname) FROM pg_class c"
-            "  WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p')"
-            "  AND NOT has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE'))"
+            "  WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p') AND NOT ("
+            "  has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')"
+            "  AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE')))"
             " FROM pg_namespace n WHERE n.nspname = 'cdc'").fetchone()
     finally:
         conn.rollback()
@@ -380,9 +383,11 @@ def _target_privileges(config: Config, target: Any, rules: list[Any]) -> list[Ch
                              f"GRANT TEMPORARY ON DATABASE {_q(config.target.database, 'pg')} "
                              f"TO {role};"))
             for t in tables:
+                # A list of privileges would ask whether *any* is held.
                 got = conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege(%s,"
-                    " 'SELECT,INSERT,UPDATE,DELETE')", (_pg_name(t), _pg_name(t))).fetchone()
+                    "SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege(%s, 'SELECT')"
+                    " AND has_table_privilege(%s, 'INSERT') AND has_table_privilege(%s, 'UPDATE')"
+                    " AND has_table_privilege(%s, 'DELETE')", (_pg_name(t),) * 5).fetchone()
                 out.append(Check(f"privileges on {t}", bool(got and got[0]),
                                  "SELECT, INSERT, UPDATE, DELETE",
                                  f"GRANT SELECT, INSERT, UPDATE, DELETE ON {_pg_name(t)} TO "

@@ -196,6 +196,13 @@ def test_print_grants_make_a_fresh_user_pass_doctor(tmp_path: Path, mysql_db: An
     assert "--print-grants" not in doctor.stdout
     fix = doctor.stdout.split("FAIL bookkeeping privileges")[1]
     assert all(ln.split("  --")[0] in fix for ln in on_cdc), doctor.stdout
+    # Some of the privileges are not all of them.
+    pg_db.execute(f'GRANT USAGE ON SCHEMA cdc TO "{pg_user}"')
+    pg_db.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA cdc TO "{pg_user}"')
+    doctor = cdc("doctor", "-c", str(cfg), check=False)
+    assert doctor.returncode == 1
+    assert "FAIL bookkeeping privileges: schema cdc (owner " in doctor.stdout, doctor.stdout
+    assert "no SELECT, INSERT, UPDATE, DELETE on cdc.dead_letters, " in doctor.stdout
     follow_printed_sql("-- target: postgresql://\n" + "\n".join(on_cdc), {}, None,
                        pg_db.execute)
     assert pg_db.query("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (pg_user,)) == \
