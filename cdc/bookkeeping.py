@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from cdc.errors import TerminalError
 
@@ -46,3 +47,16 @@ def check_version(found: int, kind: str) -> None:
         raise SchemaTooNew(
             f"the target's cdc bookkeeping schema is version {found}, newer than this cdc "
             f"knows ({known})", fix="upgrade cdc on this host to the version that wrote it")
+
+
+class NotSetUp(TerminalError):
+    """The target holds no cdc bookkeeping at all: `cdc setup` never ran there."""
+
+
+def require_setup(target: Any, pipeline: str, config_path: object) -> None:
+    """Commands that only read bookkeeping (lag, status, dlq) would otherwise
+    show the driver's "relation does not exist", three lines of it on
+    PostgreSQL; before `cdc setup` the one useful thing to say is to run it."""
+    if target.schema_version() == 0:
+        raise NotSetUp(f"pipeline {pipeline} is not set up on the target (no cdc bookkeeping); "
+                       f"run `cdc setup -c {config_path}`")

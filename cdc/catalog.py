@@ -42,6 +42,15 @@ class TableSchema:
     unique_keys: tuple[tuple[str, ...], ...] = ()
     # PostgreSQL REPLICA IDENTITY USING INDEX: that index's columns.
     identity_index: tuple[str, ...] = ()
+    # Without a primary key: a unique key on NOT NULL columns (read only then).
+    unique_not_null: tuple[str, ...] = ()
+
+    @property
+    def row_key(self) -> tuple[str, ...]:
+        """The columns that tell the table's rows apart: the primary key, or
+        else a unique key on NOT NULL columns; empty when the table has
+        neither.  Snapshot chunks, verify and dead-letter re-reads go by it."""
+        return self.primary_key or self.unique_not_null
 
     @property
     def identity_columns(self) -> tuple[str, ...]:
@@ -127,7 +136,31 @@ def mysql_table(conn: Any, database: str, name: str) -> TableSchema | None:
             (schema, table),
         )
         pk = tuple(_s(r[0]) for r in cur.fetchall())
-    return TableSchema(schema, table, cols, pk)
+        unique: tuple[str, ...] = ()
+        if not pk:
+            # A prefix index (SUB_PART) or a functional one (no COLUMN_NAME)
+            # does not make the columns' values unique.
+            cur.execute(
+                "SELECT s.INDEX_NAME, s.COLUMN_NAME, c.IS_NULLABLE, s.SUB_PART"
+                " FROM information_schema.STATISTICS s LEFT JOIN information_schema.COLUMNS c"
+                " ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME"
+                " AND c.COLUMN_NAME = s.COLUMN_NAME"
+                " WHERE s.TABLE_SCHEMA = %s AND s.TABLE_NAME = %s AND s.NON_UNIQUE = 0"
+                " ORDER BY s.INDEX_NAME, s.SEQ_IN_INDEX",
+                (schema, table),
+            )
+            keys: dict[str, list[str | None]] = {}
+            for idx, col, nullable, sub_part in cur.fetchall():
+                ok = col is not None and _s(nullable) == "NO" and sub_part is None
+                keys.setdefault(_s(idx), []).append(_s(col) if ok else None)
+            unique = _smallest_key(keys.values())
+    return TableSchema(schema, table, cols, pk, unique_not_null=unique)
+
+
+def _smallest_key(keys: Any) -> tuple[str, ...]:
+    """The unique key with the fewest columns, all usable (None marks one that is not)."""
+    usable = [tuple(k) for k in keys if k and all(c is not None for c in k)]
+    return min(usable, key=len) if usable else ()
 
 
 def mysql_unique_keys(conn: Any, database: str, name: str) -> list[tuple[str, ...]]:
@@ -192,7 +225,25 @@ def pg_table(conn: Any, name: str, default_schema: str = "public") -> TableSchem
                 (oid,),
             ).fetchall()
         )
-    return TableSchema(schema, table, cols, pk, _s(ident), identity_index=identity_index)
+    unique: tuple[str, ...] = ()
+    if not pk:
+        if identity_index:  # unique, not partial, NOT NULL: PostgreSQL demands it
+            unique = identity_index
+        else:
+            notnull = {c.name for c in cols if not c.nullable}
+            keys: dict[int, list[str | None]] = {}
+            for idx, attname in conn.execute(
+                    "SELECT i.indexrelid::int, a.attname FROM pg_index i"
+                    " JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true"
+                    " LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+                    " WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL"
+                    " ORDER BY i.indexrelid, k.ord", (oid,)).fetchall():
+                # An expression's attnum is 0: no attribute, not usable.
+                keys.setdefault(idx, []).append(
+                    attname if attname is not None and attname in notnull else None)
+            unique = _smallest_key(keys.values())
+    return TableSchema(schema, table, cols, pk, _s(ident), identity_index=identity_index,
+                       unique_not_null=unique)
 
 
 def _partitioned_identity(conn: Any, oid: int, own: str) -> str:

@@ -1,7 +1,9 @@
 """Command line: the only place that prints and chooses exit codes.
 
-Exit codes: 0 ok, 1 a check failed / behind, 2 usage or configuration error,
-3 a terminal runtime error, 4 interrupted while retrying a transient one,
+Exit codes: 0 ok (also `run` stopped by SIGTERM/SIGINT, even while it was
+retrying a transient failure: that is a clean stop), 1 a check failed / behind,
+2 usage or configuration error (or the pipeline not set up), 3 a terminal
+runtime error, 4 a snapshot interrupted by a signal (run it again to resume),
 5 another daemon already runs the pipeline (`cdc run`).
 """
 
@@ -28,12 +30,29 @@ log = logging.getLogger("cdc")
 CONFIG_HELP = "Pipeline YAML file (or set CDC_CONFIG)."
 
 
+def _under_journald() -> bool:
+    """Is stderr the stream systemd connected to the journal?
+
+    systemd sets JOURNAL_STREAM to that stream's ``device:inode``; a child
+    whose stderr was redirected elsewhere inherits the variable, so it is
+    compared with stderr itself (as sd_journal_stream_fd(3) advises).
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    # One event a line; journald adds its own timestamp, but a terminal wants one.
+    # One event a line.  journald stamps each line itself; anywhere else (a
+    # terminal, a log file, a container's log) the line must carry its time.
     fmt = "%(levelname)s %(name)s: %(message)s"
-    if sys.stderr.isatty():
+    if not _under_journald():
         fmt = "%(asctime)s " + fmt
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
@@ -44,7 +63,9 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _fail(e: BaseException, code: int = 3) -> NoReturn:
-    if isinstance(e, ConfigError | RuleError):
+    from cdc.bookkeeping import NotSetUp
+
+    if isinstance(e, ConfigError | RuleError | NotSetUp):
         code = 2
     click.echo(f"cdc: error: {e}", err=True)
     sys.exit(code)
@@ -342,11 +363,13 @@ def _daemon_state(state: str, heartbeat_age: float | None, pid: int | None,
 
 def lag_report(cfg: Config) -> dict[str, Any]:
     """The facts `cdc lag` prints, as a dict (also used by tests and metrics)."""
+    from cdc.bookkeeping import require_setup
     from cdc.positions import decode_position
     from cdc.targets import open_target
 
     target = open_target(cfg)
     try:
+        require_setup(target, cfg.pipeline, cfg.path)
         st = target.read_status()
         try:
             paused = target.paused_tables()
@@ -607,12 +630,16 @@ def verify(config_path: str, tables: tuple[str, ...], repair: bool, as_json: boo
     that differ, and target rows the rules no longer produce (counted only when
     one rule alone writes the table). Exit 1 when anything differs (and was not
     repaired). A running `cdc run` pauses while each rule's comparison is taken.
+    Rows compared so far go to stderr: redrawn on a terminal, else every 10 s.
     """
+    from cdc.progress import Display
     from cdc.verify import verify as run_verify
 
     cfg = _config(config_path)
+    # A big table takes minutes: say how far the comparison is, on stderr.
+    display = Display(label="verify", verb="comparing")
     try:
-        reports = run_verify(cfg, list(tables) or None, repair)
+        reports = run_verify(cfg, list(tables) or None, repair, progress=display.update)
     except CdcError as e:
         _fail(e)
     if as_json:
@@ -651,9 +678,16 @@ def dlq() -> None:
 
 
 def _dlq_target(cfg: Config) -> Any:
+    from cdc.bookkeeping import require_setup
     from cdc.targets import open_target
 
-    return open_target(cfg)
+    target = open_target(cfg)
+    try:
+        require_setup(target, cfg.pipeline, cfg.path)
+    except CdcError:
+        target.close()
+        raise
+    return target
 
 
 def _jsonable_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -738,6 +772,9 @@ def dlq_retry(config_path: str, ids: tuple[int, ...], all_: bool, as_json: bool)
     try:
         source, target = _open(cfg)
         try:
+            from cdc.bookkeeping import require_setup
+
+            require_setup(target, cfg.pipeline, cfg.path)
             plan = build_plan(cfg, source, target)
             attach_converters(plan, cfg)
             res = dlq_mod.retry(cfg, source, target, plan, None if all_ else list(ids))

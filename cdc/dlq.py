@@ -111,7 +111,7 @@ def retry(config: Config, source: Any, target: Any, plan: Plan, ids: list[int] |
         if stage is None:
             result.skipped += len(dls)
             continue
-        pk = list(stage.source.primary_key)
+        pk = list(stage.source.row_key)
         parsed = []
         for dl in dls:
             ch = change_from_json(table, dl["operation"], dl["row_data"])

@@ -35,11 +35,26 @@ def _mysql_account(user: str) -> str:
     return f"'{user.replace(chr(39), chr(39) * 2)}'@'%'"
 
 
+# Printed in place of a password: never a real one, and easy to search for.
+PASSWORD_PLACEHOLDER = "CHANGE-ME"
+
+
+def _create_user(kind: str, user: str, replication: bool = False) -> list[str]:
+    """The CREATE USER line, commented: the user may exist already, and the
+    password is the DBA's to choose (the URL in the config must match)."""
+    if kind == "mysql":
+        return [f"-- CREATE USER {_mysql_account(user)} IDENTIFIED BY '{PASSWORD_PLACEHOLDER}';"
+                "  -- a new user: uncomment, choose the password"]
+    return [f"-- CREATE ROLE {_q(user, 'postgresql')} LOGIN{' REPLICATION' if replication else ''}"
+            f" PASSWORD '{PASSWORD_PLACEHOLDER}';  -- a new user: uncomment, choose the password"]
+
+
 def print_grants(config: Config, tables: list[str], targets: list[str],
                  lookups: list[str]) -> str:
     """Least-privilege GRANT statements for the configured users."""
     s, t = config.source, config.target
     out = [f"-- source: {s.redacted()}"]
+    out += _create_user(s.kind, s.user, replication=True)
     if s.kind == "mysql":
         acct = _mysql_account(s.user)
         out += [f"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO {acct};",
@@ -53,11 +68,16 @@ def print_grants(config: Config, tables: list[str], targets: list[str],
         out += [f"GRANT USAGE ON SCHEMA {_q(sc, 'postgresql')} TO {role};" for sc in schemas]
         if tables:
             out.append(f"GRANT SELECT ON {', '.join(_pg_name(x) for x in tables)} TO {role};")
-        out += ["-- the publication is created by `cdc setup`; the role must own the tables, or",
-                f"-- the owner creates it once: CREATE PUBLICATION {_q(config.publication, 'pg')} "
-                f"FOR TABLE {', '.join(_pg_name(x) for x in tables)};"]
+        out += ["-- `cdc setup` creates the publication when the role owns the tables; else "
+                "their owner runs once:",
+                f"-- CREATE PUBLICATION {_q(config.publication, 'pg')} "
+                f"FOR TABLE {', '.join(_pg_name(x) for x in tables)} "
+                "WITH (publish_via_partition_root = true);  -- PostgreSQL < 13: no WITH"]
     out.append(f"-- target: {t.redacted()}")
+    out += _create_user(t.kind, t.user)
     if t.kind == "mysql":
+        # The cdc_* bookkeeping tables live in the target database itself:
+        # the grants on its tables cover them, existing or not.
         acct = _mysql_account(t.user)
         out += [f"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES ON "
                 f"{_q(t.database, 'mysql')}.* TO {acct};",
@@ -66,7 +86,11 @@ def print_grants(config: Config, tables: list[str], targets: list[str],
     else:
         role = _q(t.user, "postgresql")
         out += [f"GRANT CONNECT, TEMPORARY ON DATABASE {_q(t.database, 'postgresql')} TO {role};",
-                f"CREATE SCHEMA IF NOT EXISTS cdc AUTHORIZATION {role};  -- bookkeeping"]
+                f"CREATE SCHEMA IF NOT EXISTS {_q('cdc', 'postgresql')} AUTHORIZATION {role};"
+                "  -- bookkeeping",
+                "-- a cdc schema made earlier by another user (its owner keeps it; run these "
+                "again after that user's `cdc setup`):"]
+        out += pg_bookkeeping_grants(role)
         schemas = sorted({split_name(x, "public")[0] for x in targets + lookups})
         out += [f"GRANT USAGE ON SCHEMA {_q(sc, 'postgresql')} TO {role};" for sc in schemas]
         if targets:
@@ -121,9 +145,11 @@ def run_checks(config: Config) -> list[Check]:
             attempt("source connection", lambda: _pg_connect(source))
             if checks[-1].ok:
                 checks.extend(_pg_source_checks(config, source, tables))
-        attempt("target connection", lambda: Check(
-            "target connection", True, f"{config.target.redacted()} "
-            f"(bookkeeping schema version {target.schema_version()})"))
+        attempt("target connection", lambda: _target_connect(config, target))
+        if checks[-1].ok and config.target.kind == "postgresql":
+            # Before reading the schema version: a cdc schema this user may not
+            # use would fail that read with "run doctor --print-grants".
+            attempt("bookkeeping privileges", lambda: _pg_bookkeeping_access(config, target))
         if checks[-1].ok:
             v = target.schema_version()
             latest = bookkeeping.latest_version(config.target.kind)
@@ -300,6 +326,49 @@ def _pg_source_checks(config: Config, source: Any, tables: list[str]) -> list[Ch
     return out
 
 
+def _target_connect(config: Config, target: Any) -> Check:
+    conn = target.conn()
+    if config.target.kind == "postgresql":
+        v = conn.info.server_version
+        version = f"PostgreSQL {v // 10000}.{v % 10000}"
+    else:
+        version = f"MySQL/MariaDB {conn.get_server_info()}"
+    return Check("target connection", True, f"{config.target.redacted()} ({version})")
+
+
+def pg_bookkeeping_grants(role: str) -> list[str]:
+    """What a user needs on a cdc schema someone else made (and owns)."""
+    cdc = _q("cdc", "postgresql")
+    return [f"GRANT USAGE, CREATE ON SCHEMA {cdc} TO {role};",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {cdc} TO {role};",
+            f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {cdc} TO {role};"]
+
+
+def _pg_bookkeeping_access(config: Config, target: Any) -> Check:
+    conn = target.conn()
+    try:
+        row = conn.execute(
+            # A list of privileges asks whether *any* is held: ask for each.
+            "SELECT n.nspowner::regrole::text, has_schema_privilege(n.oid, 'USAGE')"
+            " AND has_schema_privilege(n.oid, 'CREATE'),"
+            " (SELECT string_agg(c.relname, ', ' ORDER BY c.relname) FROM pg_class c"
+            "  WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p') AND NOT ("
+            "  has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')"
+            "  AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE')))"
+            " FROM pg_namespace n WHERE n.nspname = 'cdc'").fetchone()
+    finally:
+        conn.rollback()
+    if row is None:
+        return Check("bookkeeping privileges", True, "no cdc schema yet: `cdc setup` makes it")
+    owner, schema_ok, lacking = row
+    ok = bool(schema_ok) and not lacking
+    what = (f"schema cdc (owner {owner})" + ("" if schema_ok else ": no USAGE, CREATE")
+            + (f"; no SELECT, INSERT, UPDATE, DELETE on cdc.{lacking}" if lacking else ""))
+    return Check("bookkeeping privileges", ok, what,
+                 None if ok else "\n".join(pg_bookkeeping_grants(
+                     _q(config.target.user, "postgresql"))))
+
+
 def _target_privileges(config: Config, target: Any, rules: list[Any]) -> list[Check]:
     out = []
     tables = sorted({r.target.name for r in rules})
@@ -314,9 +383,11 @@ def _target_privileges(config: Config, target: Any, rules: list[Any]) -> list[Ch
                              f"GRANT TEMPORARY ON DATABASE {_q(config.target.database, 'pg')} "
                              f"TO {role};"))
             for t in tables:
+                # A list of privileges would ask whether *any* is held.
                 got = conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege(%s,"
-                    " 'SELECT,INSERT,UPDATE,DELETE')", (_pg_name(t), _pg_name(t))).fetchone()
+                    "SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege(%s, 'SELECT')"
+                    " AND has_table_privilege(%s, 'INSERT') AND has_table_privilege(%s, 'UPDATE')"
+                    " AND has_table_privilege(%s, 'DELETE')", (_pg_name(t),) * 5).fetchone()
                 out.append(Check(f"privileges on {t}", bool(got and got[0]),
                                  "SELECT, INSERT, UPDATE, DELETE",
                                  f"GRANT SELECT, INSERT, UPDATE, DELETE ON {_pg_name(t)} TO "

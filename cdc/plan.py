@@ -15,7 +15,7 @@ from cdc.catalog import TableSchema
 from cdc.config import Config
 from cdc.errors import ConfigError, RuleError, TerminalError
 from cdc.rules.bind import BoundRule, bind
-from cdc.rules.compile import CompiledRule, StageTable, compile_rule, stage_table
+from cdc.rules.compile import CompiledRule, StageTable, compile_rule, stage_table, table_sql
 from cdc.rules.parse import Rule, load_rules
 from cdc.typemap import UnsupportedType
 
@@ -106,6 +106,7 @@ def build_plan(config: Config, source: Catalog, target: Any,
         try:
             b = bind(r, src(r.source.name), tgt(r.target.name), lookups, opts,
                      lambda n: src(n) is not None, uniques)
+            _require_row_key(b, config.source.kind)
             if config.source.kind == "postgresql":
                 _require_identity(b)
         except RuleError as e:
@@ -133,6 +134,27 @@ def build_plan(config: Config, source: Catalog, target: Any,
         compiled.append(c)
         by_table.setdefault(name, []).append(c)
     return Plan(rules=compiled, stages=stages, by_table=by_table, unbound=unbound)
+
+
+def _require_row_key(b: BoundRule, kind: str) -> None:
+    """Refuse a rule whose source table has nothing that tells its rows apart.
+
+    A snapshot reads a table in key order, chunk after chunk, and resumes after
+    the last key; verify reads it the same way; a dead letter is re-read from
+    the source by its key.  None of them works on a table without one, so
+    every command that builds a plan refuses it here, before writing anything,
+    rather than one of them failing later (or, for verify, crashing).
+    """
+    st = b.source
+    if st.row_key:
+        return
+    name = _pg_name(st) if kind == "postgresql" else table_sql(b.rule.source.name, "mysql")
+    raise RuleError(
+        f"source table {b.rule.source.name!r} has no primary key (nor a unique key on NOT NULL "
+        "columns), so its rows cannot be told apart: a snapshot could not read it in "
+        "resumable chunks, verify could not compare it and a dead letter could not be re-read",
+        file=b.rule.file, line=b.rule.source.line,
+        fix=f"ALTER TABLE {name} ADD PRIMARY KEY (…); or a UNIQUE key on NOT NULL columns")
 
 
 def _require_identity(b: BoundRule) -> None:

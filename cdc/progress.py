@@ -1,5 +1,6 @@
-"""Snapshot progress for people: redrawn lines on a terminal, periodic log
-lines otherwise (journald, CI), and a summary at the end.  Only the CLI uses it."""
+"""Progress of snapshot and verify for people: redrawn lines on a terminal,
+periodic lines otherwise (journald, CI), and a summary at the end.  Only the
+CLI uses it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def describe(p: TableProgress) -> str:
+def describe(p: TableProgress, verb: str = "copying") -> str:
     rate = p.rows_done / p.seconds if p.seconds > 0 else 0.0
     if p.rows_estimated:
         pct = min(100.0, 100.0 * p.rows_done / p.rows_estimated)
@@ -26,13 +27,16 @@ def describe(p: TableProgress) -> str:
     eta = ""
     if p.finished is None and p.rows_estimated and rate > 0 and p.rows_done < p.rows_estimated:
         eta = f", ETA {_fmt_seconds((p.rows_estimated - p.rows_done) / rate)}"
-    state = "done" if p.finished is not None else "copying"
+    state = "done" if p.finished is not None else verb
     return f"{p.table}: {state}, {total}, {rate:,.0f} rows/s{eta}"
 
 
 class Display:
-    def __init__(self, out: TextIO | None = None, interval: float = 10.0) -> None:
+    def __init__(self, out: TextIO | None = None, interval: float = 10.0,
+                 label: str = "snapshot", verb: str = "copying") -> None:
         self.out = out or sys.stderr
+        self.label = label
+        self.verb = verb
         self.tty = self.out.isatty()
         self.interval = interval
         self.lines: dict[str, str] = {}
@@ -42,7 +46,7 @@ class Display:
 
     def update(self, p: TableProgress) -> None:
         with self.lock:
-            self.lines[p.table] = describe(p)
+            self.lines[p.table] = describe(p, self.verb)
             if self.tty:
                 if self.drawn:
                     self.out.write(f"\x1b[{self.drawn}F")
@@ -54,7 +58,7 @@ class Display:
                 now = time.monotonic()
                 if p.finished is not None or now - self.last_log >= self.interval:
                     self.last_log = now
-                    self.out.write("snapshot " + self.lines[p.table] + "\n")
+                    self.out.write(f"{self.label} {self.lines[p.table]}\n")
                     self.out.flush()
 
     def summary(self, results: list[TableProgress], seconds: float) -> str:

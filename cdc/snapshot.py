@@ -320,13 +320,6 @@ class Snapshot:
             attach_converters(plan, cfg)
             chosen = self._choose_tables(plan)
             for t in chosen:
-                if not plan.stages[t].source.primary_key:
-                    st = plan.stages[t].source
-                    raise TerminalError(
-                        f"table {st.schema}.{st.name} has no primary key, so it cannot be read "
-                        "in resumable chunks",
-                        fix=f"add one (ALTER TABLE {st.name} ADD PRIMARY KEY (…)), or snapshot "
-                            "it by other means and start streaming after it")
                 self._check_truncate(plan, t)
             self._ensure_offset(source, target)
             jobs = [self._prepare_table(target, source, plan, t) for t in chosen]
@@ -411,7 +404,7 @@ class Snapshot:
             prog.chunks_done = state["chunks_done"]
             prog.rows_estimated = state["rows_estimated"]
             key = image_from_json(json.loads(state["last_key"])) if state["last_key"] else None
-            last = tuple(key[c] for c in plan.stages[table].source.primary_key) if key else None
+            last = tuple(key[c] for c in plan.stages[table].source.row_key) if key else None
             log.info("%s: resuming after %d rows in %d chunks", table, prog.rows_done,
                      prog.chunks_done)
             return table, prog, last
@@ -459,7 +452,7 @@ class Snapshot:
                     last: tuple[Any, ...] | None, depth: int = 1) -> TableProgress:
         cfg = self.config
         stage = plan.stages[table]
-        pk = list(stage.source.primary_key)
+        pk = list(stage.source.row_key)
         line = self._text_line(plan, table)
         costly = copytext.mysql_costly(stage.source.columns) \
             if line is not None and cfg.source.kind == "mysql" else None
@@ -594,7 +587,7 @@ class Snapshot:
                 my_turn(conn)
                 target.snapshot_finish(conn, table)
             return
-        pk = list(stage.source.primary_key)
+        pk = list(stage.source.row_key)
         # A final text chunk runs to the table's end; its rows are counted but
         # the table is done, so no key is needed to resume it.
         key = chunk.last_key or current.last

@@ -43,7 +43,7 @@ def fill_unchanged(batch: Batch, plan: Plan, config: Config, source: Any) -> int
             stage = plan.stages.get(ch.table)
             if stage is None:
                 continue
-            pk = stage.source.primary_key
+            pk = stage.source.row_key
             for image in (ch.before, ch.after):
                 if not has_unchanged(image):
                     continue
@@ -71,7 +71,7 @@ def fill_unchanged(batch: Batch, plan: Plan, config: Config, source: Any) -> int
     for item in missing:
         by_table.setdefault(item[0].table, []).append(item)
     for table, items in by_table.items():
-        pk_cols = list(plan.stages[table].source.primary_key)
+        pk_cols = list(plan.stages[table].source.row_key)
         current = fetch_current(config, source, table, pk_cols,
                                 list({k for _, _, k in items}))
         for _, image, key in items:

@@ -18,6 +18,7 @@ repair are taken, so they see a consistent point of the stream.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from cdc.errors import ConfigError
 from cdc.events import RowChange
 from cdc.plan import attach_converters, build_plan, parse_rules
 from cdc.rules.compile import CompiledRule, ident, table_sql, target_dialect
-from cdc.snapshot import ChunkReader
+from cdc.snapshot import ChunkReader, ProgressCallback, TableProgress, estimate_rows
 from cdc.sources import open_source
 from cdc.targets import open_target
 
@@ -52,7 +53,10 @@ class RuleReport:
 
 
 def verify(config: Config, tables: list[str] | None = None, repair: bool = False,
-           chunk_rows: int | None = None) -> list[RuleReport]:
+           chunk_rows: int | None = None,
+           progress: ProgressCallback | None = None) -> list[RuleReport]:
+    """``progress`` is called after each chunk with the rows compared so far
+    (per rule: a table read by two rules is read twice), and once at the end."""
     rules = parse_rules(config)
     source = open_source(config, sorted({r.source.name for r in rules}))
     target = open_target(config)
@@ -74,10 +78,14 @@ def verify(config: Config, tables: list[str] | None = None, repair: bool = False
         for c in plan.rules:
             writers[c.bound.rule.target.name] = writers.get(c.bound.rule.target.name, 0) + 1
         for t in chosen:
+            several = len(plan.by_table[t]) > 1
             for c in plan.by_table[t]:
+                prog = TableProgress(f"{t} (rule {c.name})" if several else t,
+                                     rows_estimated=estimate_rows(config, source, t))
                 reports.append(_verify_rule(config, target, plan, c, repair,
                                             writers[c.bound.rule.target.name] == 1,
-                                            chunk_rows or config.snapshot_chunk_rows))
+                                            chunk_rows or config.snapshot_chunk_rows,
+                                            prog, progress))
     finally:
         source.close()
         target.close()
@@ -85,7 +93,8 @@ def verify(config: Config, tables: list[str] | None = None, repair: bool = False
 
 
 def _verify_rule(config: Config, target: Any, plan: Any, c: CompiledRule, repair: bool,
-                 sole_writer: bool, chunk_rows: int) -> RuleReport:
+                 sole_writer: bool, chunk_rows: int, prog: TableProgress,
+                 progress: ProgressCallback | None) -> RuleReport:
     d = target_dialect(config.target.kind)
     q = lambda n: ident(n, d)  # noqa: E731
     stage = c.stage
@@ -95,7 +104,7 @@ def _verify_rule(config: Config, target: Any, plan: Any, c: CompiledRule, repair
     cols = [q(x) for x in c.bound.columns]
     keys = [q(k) for k in c.bound.key]
     tgt = table_sql(c.bound.rule.target.name, d)
-    reader = ChunkReader(config, table, stage.columns, list(stage.source.primary_key),
+    reader = ChunkReader(config, table, stage.columns, list(stage.source.row_key),
                          None, chunk_rows)
     try:
         with target.transaction() as conn:
@@ -120,6 +129,10 @@ def _verify_rule(config: Config, target: Any, plan: Any, c: CompiledRule, repair
                 _exec(conn, c.fill)
                 _exec(conn, f"INSERT INTO {q(exp_name)} SELECT * FROM {q(c.result_name)}")
                 last = chunk.last_key
+                prog.rows_done += len(rows)
+                prog.chunks_done += 1
+                if progress:
+                    progress(prog)
                 if len(rows) < chunk_rows:
                     break
             match = " AND ".join(f"t.{k} = e.{k}" for k in keys)
@@ -157,6 +170,9 @@ def _verify_rule(config: Config, target: Any, plan: Any, c: CompiledRule, repair
                   else f"DROP TABLE IF EXISTS pg_temp.{q(exp_name)}")
     finally:
         reader.close()
+    prog.finished = time.monotonic()
+    if progress:
+        progress(prog)
     return rep
 
 

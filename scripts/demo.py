@@ -61,6 +61,14 @@ def source_sql(my: MariaDBServer, statements: list[str]) -> None:
     conn.close()
 
 
+def closing_hint(keep: bool) -> str:
+    """The last line: only suggest `cdc lag` while its servers still run."""
+    if keep:
+        return "Try it yourself:  source .cdc-demo/env.sh && cdc lag"
+    return ("The demo's servers are stopped now. To try cdc yourself on them, run the demo "
+            "with --keep (scripts/demo.sh --keep), then: source .cdc-demo/env.sh && cdc lag")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--keep", action="store_true", help="leave the demo servers running")
@@ -131,7 +139,7 @@ def main() -> None:
         code = daemon.wait(timeout=30)
         daemon = None
         print(f"cdc run exited with {code}")
-        print("\nTry it yourself:  source .cdc-demo/env.sh && cdc lag")
+        print("\n" + closing_hint(args.keep))
     finally:
         if daemon is not None:
             daemon.kill()

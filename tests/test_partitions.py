@@ -103,11 +103,14 @@ def test_pg_partitioned_source_snapshot_and_stream(pg_partitioned: tuple[Any, An
 def test_pg_partitioned_replica_identity_full(tmp_path: Path, make_pg_db: Any) -> None:
     """A partitioned table without a primary key: REPLICA IDENTITY FULL on the
     root does not reach its partitions (PostgreSQL 15), so `cdc setup` sets it
-    on each partition, and `cdc doctor` reports a partition that lacks it."""
+    on each partition, and `cdc doctor` reports a partition that lacks it.
+    (A unique key on NOT NULL columns stands in for the primary key: without
+    any, every command refuses the table, tests/test_rough_edges.py.)"""
     src, tgt = make_pg_db(), make_pg_db()
     src.execute("""
         CREATE TABLE orders (id integer NOT NULL, region text NOT NULL,
-                             amount numeric(10,2) NOT NULL, note text) PARTITION BY LIST (region);
+                             amount numeric(10,2) NOT NULL, note text,
+                             UNIQUE (id, region)) PARTITION BY LIST (region);
         CREATE TABLE orders_eu PARTITION OF orders FOR VALUES IN ('eu');
         CREATE TABLE orders_us PARTITION OF orders FOR VALUES IN ('us');
         ALTER TABLE orders REPLICA IDENTITY FULL;

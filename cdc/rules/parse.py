@@ -9,12 +9,15 @@ with the file and line.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import Token, TokenType
 
 from cdc import names
 from cdc.errors import RuleError
@@ -126,13 +129,13 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
         return RuleError(message, file=file, line=line or line_of(node) or 1)
 
     try:
+        _check_tokens(text, dialect)
         statements = [s for s in sqlglot.parse(text, read=dialect) if s is not None]
+    except _TokenProblem as e:
+        raise fail(f"syntax error: {e}", line=e.line) from None
     except ParseError as e:
         first = e.errors[0] if e.errors else {}
-        desc = str(first.get("description") or e).split("<Token")[0].strip()
-        highlight = first.get("highlight")
-        if highlight:
-            desc += f" near {highlight!r}"
+        desc = _describe(str(first.get("description") or e), first.get("highlight"))
         raise fail(f"syntax error: {desc}", line=first.get("line")) from None
     except TokenError as e:
         raise fail(f"syntax error: {e}") from None
@@ -237,6 +240,74 @@ def parse_rule(name: str, file: str, text: str, dialect: str) -> Rule:
     return Rule(name=name, file=file, text=text, dialect=dialect, tree=tree, target=target,
                 target_columns=columns, select=select, source=source, lookups=lookups,
                 line=line_of(tree) or 1)
+
+
+class _TokenProblem(Exception):
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+# Operators that need a value on each side: two in a row (`= =`, `> AND`) are
+# always a typo, and the parser would name its internal class for it.
+_BINARY = {TokenType.EQ, TokenType.NEQ, TokenType.GT, TokenType.GTE, TokenType.LT,
+           TokenType.LTE, TokenType.NULLSAFE_EQ, TokenType.AND, TokenType.OR}
+
+
+def _check_tokens(text: str, dialect: str) -> None:
+    """Problems the parser reports badly, found on the tokens first.
+
+    An unclosed parenthesis lets the parser read on: ``TRIM(c.name FROM t``
+    is valid TRIM syntax, and the rule then "has no FROM".  Counting
+    parentheses on tokens (strings and comments are single tokens) names the
+    one that is never closed instead.
+    """
+    opened: list[Token] = []
+    prev: Token | None = None
+    for tok in Dialect.get_or_raise(dialect).tokenize(text):
+        if tok.token_type == TokenType.L_PAREN:
+            opened.append(tok)
+        elif tok.token_type == TokenType.R_PAREN:
+            if not opened:
+                raise _TokenProblem(f"unbalanced parenthesis: the ')' at line {tok.line}, "
+                                    f"column {tok.col} closes nothing", tok.line)
+            opened.pop()
+        if prev is not None and prev.token_type in _BINARY and tok.token_type in _BINARY:
+            raise _TokenProblem(f"unexpected {tok.text!r} after {prev.text!r}", tok.line)
+        prev = tok
+    if opened:
+        tok = opened[-1]
+        raise _TokenProblem(f"unbalanced parenthesis: the '(' at line {tok.line}, column "
+                            f"{tok.col} is never closed", tok.line)
+
+
+_CLASS = re.compile(r"<class '(?:[\w]+\.)*(\w+)'>")
+_MISSING = re.compile(r"Required keyword: '(\w+)' missing for <class '(?:[\w]+\.)*(\w+)'>")
+
+
+def _operator(class_name: str) -> str:
+    """How SQL spells a sqlglot expression class: ``EQ`` is ``=``, ``And`` is ``AND``."""
+    cls = getattr(exp, class_name, None)
+    if isinstance(cls, type) and issubclass(cls, exp.Binary):
+        text = cls(this=exp.column("a"), expression=exp.column("b")).sql()
+        if text.startswith("a ") and text.endswith(" b"):
+            return text[2:-2]
+    return class_name.upper()
+
+
+def _describe(desc: str, highlight: object) -> str:
+    """The parser's message in the rule writer's words: no internal class names."""
+    desc = desc.split("<Token")[0].strip()
+    m = _MISSING.match(desc)
+    if m:
+        side = {"this": "left", "expression": "right"}.get(m.group(1))
+        op = _operator(m.group(2))
+        desc = (f"{op!r} has nothing on its {side}" if side else
+                f"incomplete {op} (its {m.group(1)} is missing)")
+    desc = _CLASS.sub(lambda c: _operator(c.group(1)), desc)
+    if highlight:
+        desc += f" near {highlight!r}"
+    return desc
 
 
 def _inside_subquery(node: exp.Expr, top: exp.Select) -> bool:

@@ -371,6 +371,8 @@ class MySQLTarget:
     def require_schema(self) -> None:
         v = self.schema_version()
         bookkeeping.check_version(v, "mysql")
+        if v == 0:
+            bookkeeping.require_setup(self, self.pipeline, self.config.path)
         if v < bookkeeping.latest_version("mysql"):
             raise TerminalError(f"the target's cdc bookkeeping schema is at version {v}, "
                                 f"this cdc needs {bookkeeping.latest_version('mysql')}",
