@@ -230,3 +230,27 @@ def test_pg_to_mysql_each_outcome_and_nothing_written(tmp_path: Path, pg_db: Any
     finally:
         cdc("teardown", "-c", str(cfg), "--yes", check=False)
 
+
+
+def test_pg_source_where_that_writes_fails_on_the_read_only_session(
+        tmp_path: Path, pg_db: Any, make_pg_db: Any) -> None:
+    """A function call is a condition sqlglot accepts; the read-only session
+    the sample is read on refuses what it would write."""
+    target = make_pg_db()
+    pg_db.execute(PG_SRC)
+    pg_db.execute("INSERT INTO orders VALUES (1, 10, 1.00, 'paid')")
+    pg_db.execute("CREATE SEQUENCE s")
+    target.execute("CREATE TABLE t_orders (order_no text PRIMARY KEY, amount numeric NOT NULL)")
+    cfg = write_pipeline(tmp_path, pg_db.url, target.url, {"orders": """\
+        INSERT INTO t_orders (order_no, amount)
+        SELECT 'O' || CAST(o.id AS TEXT), o.amount FROM orders AS o
+        """}, name=f"pv_{pg_db.name}")
+    p = cdc("preview", "-c", str(cfg), "--where", "nextval('s') > 0", check=False)
+    assert p.returncode == 2 and "read-only" in p.stderr, p.stderr
+    assert pg_db.scalar("SELECT last_value FROM s") == 1
+    assert pg_db.scalar("SELECT is_called FROM s") is False
+    # Without it, PostgreSQL to PostgreSQL previews like any other direction.
+    (rep,) = json.loads(cdc("preview", "-c", str(cfg), "--json").stdout)
+    assert [(r["outcome"], r["target"]) for r in rep["rows"]] == [
+        ("insert", {"order_no": "O1", "amount": "1.00"})]
+    assert target.scalar("SELECT count(*) FROM t_orders") == 0
