@@ -254,3 +254,16 @@ def test_pg_source_where_that_writes_fails_on_the_read_only_session(
     assert [(r["outcome"], r["target"]) for r in rep["rows"]] == [
         ("insert", {"order_no": "O1", "amount": "1.00"})]
     assert target.scalar("SELECT count(*) FROM t_orders") == 0
+
+
+def test_mysql_source_where_that_writes_fails_on_the_read_only_session(
+        my_to_pg: tuple[Any, Any, Path]) -> None:
+    src, tgt, cfg = my_to_pg
+    src.execute("CREATE TABLE audit (n INT)")
+    src.execute("CREATE FUNCTION touch() RETURNS INT MODIFIES SQL DATA DETERMINISTIC"
+                " BEGIN INSERT INTO audit VALUES (1); RETURN 1; END")
+    before = target_state(tgt, "postgresql")
+    p = cdc("preview", "-c", str(cfg), "--where", "touch() = 1", check=False)
+    assert p.returncode == 2 and "READ ONLY" in p.stderr.upper(), p.stderr
+    assert src.scalar("SELECT count(*) FROM audit") == 0
+    assert target_state(tgt, "postgresql") == before
