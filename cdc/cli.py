@@ -212,7 +212,8 @@ def check(config_path: str, show_sql: bool) -> None:
               help="Source rows sampled per table, in key order.")
 @click.option("--where", metavar="COND",
               help="Sample only rows matching this condition, in the source's SQL "
-                   "(one boolean expression, e.g. \"status = 'paid' AND id > 1000\").")
+                   "(one boolean expression, e.g. \"status = 'paid' AND id > 1000\"); "
+                   "it applies to every sampled table, so name one with --table.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 def preview(config_path: str, tables: tuple[str, ...], rules: tuple[str, ...], limit: int,
             where: str | None, as_json: bool) -> None:

@@ -241,19 +241,32 @@ def test_pg_source_where_that_writes_fails_on_the_read_only_session(
     pg_db.execute("INSERT INTO orders VALUES (1, 10, 1.00, 'paid')")
     pg_db.execute("CREATE SEQUENCE s")
     target.execute("CREATE TABLE t_orders (order_no text PRIMARY KEY, amount numeric NOT NULL)")
+    target.execute("CREATE TABLE t_last (bucket text PRIMARY KEY, amount numeric NOT NULL)")
     cfg = write_pipeline(tmp_path, pg_db.url, target.url, {"orders": """\
         INSERT INTO t_orders (order_no, amount)
         SELECT 'O' || CAST(o.id AS TEXT), o.amount FROM orders AS o
+        """, "buckets": """\
+        INSERT INTO t_last (bucket, amount)
+        SELECT 'B' || CAST(o.id / 10 AS TEXT), o.amount FROM orders AS o
         """}, name=f"pv_{pg_db.name}")
     p = cdc("preview", "-c", str(cfg), "--where", "nextval('s') > 0", check=False)
     assert p.returncode == 2 and "read-only" in p.stderr, p.stderr
     assert pg_db.scalar("SELECT last_value FROM s") == 1
     assert pg_db.scalar("SELECT is_called FROM s") is False
-    # Without it, PostgreSQL to PostgreSQL previews like any other direction.
-    (rep,) = json.loads(cdc("preview", "-c", str(cfg), "--json").stdout)
-    assert [(r["outcome"], r["target"]) for r in rep["rows"]] == [
-        ("insert", {"order_no": "O1", "amount": "1.00"})]
+    # Without it, PostgreSQL to PostgreSQL previews like any other direction;
+    # two rules read one table, and two rows of one target key (ids 1 and 2 in
+    # bucket 0): the later wins.
+    pg_db.execute("INSERT INTO orders VALUES (2, 10, 2.00, 'paid')")
+    reps = {r["rule"]: r for r in json.loads(cdc("preview", "-c", str(cfg), "--json").stdout)}
+    assert [(r["outcome"], r["target"]) for r in reps["orders"]["rows"]] == [
+        ("insert", {"order_no": "O1", "amount": "1.00"}),
+        ("insert", {"order_no": "O2", "amount": "2.00"})]
+    last = reps["buckets"]["rows"]
+    assert [r["outcome"] for r in last] == ["superseded", "insert"]
+    assert "same target key" in last[0]["reason"]
+    assert last[1]["target"] == {"bucket": "B0", "amount": "2.00"}
     assert target.scalar("SELECT count(*) FROM t_orders") == 0
+    assert target.scalar("SELECT count(*) FROM t_last") == 0
 
 
 def test_mysql_source_where_that_writes_fails_on_the_read_only_session(
