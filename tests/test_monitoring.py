@@ -168,3 +168,26 @@ def test_a_daemon_that_cannot_connect_is_not_up(tmp_path: Path, mysql_db: Any) -
     assert ('{kind="terminal",pipeline="p"}', 0.0) in s["cdc_errors_total"]
     # The alert that fires for it names this very series.
     assert "cdc_up == 0" in alert_expressions()["CdcDown"]
+
+
+def test_alert_rules_and_dashboard_are_well_formed() -> None:
+    """What Prometheus and Grafana need of each entry (no server needed)."""
+    doc = yaml.safe_load(ALERTS.read_text())
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    assert len({r["alert"] for r in rules}) == len(rules)
+    for r in rules:
+        assert r["expr"].strip() and r["labels"]["severity"] in ("warning", "critical"), r
+        assert r["annotations"]["summary"], r
+        assert r["expr"].count("(") == r["expr"].count(")"), r
+    dash = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(set(ids)) == len(ids) and dash["uid"]
+    names = {v["name"] for v in dash["templating"]["list"]}
+    for p in dash["panels"]:
+        assert p["type"] in ("stat", "timeseries") and p["title"], p
+        assert set(p["gridPos"]) == {"h", "w", "x", "y"} and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        for t in p["targets"]:
+            assert t["expr"].count("(") == t["expr"].count(")"), t
+            # Every $variable a query uses is defined.
+            assert set(re.findall(r"\$(\w+)", t["expr"])) <= names, t
