@@ -226,6 +226,42 @@ def check(config_path: str, show_sql: bool) -> None:
 
 @cli.command()
 @config_option
+@click.option("--table", "tables", multiple=True, metavar="T",
+              help="Only the rules reading this source table (repeatable).")
+@click.option("--rule", "rules", multiple=True, metavar="NAME",
+              help="Only this rule (repeatable).")
+@click.option("--limit", default=10, show_default=True, metavar="N",
+              help="Source rows sampled per table, in key order.")
+@click.option("--where", metavar="COND",
+              help="Sample only rows matching this condition, in the source's SQL "
+                   "(one boolean expression, e.g. \"status = 'paid' AND id > 1000\"); "
+                   "it applies to every sampled table, so name one with --table.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+def preview(config_path: str, tables: tuple[str, ...], rules: tuple[str, ...], limit: int,
+            where: str | None, as_json: bool) -> None:
+    """Run the rules on sampled live source rows, writing nothing.
+
+    Each sampled source row is shown beside the target row it becomes (insert,
+    update or unchanged), or why it would become none: a dead letter (the
+    validation or target constraint it fails) or filtered out (the rule's WHERE,
+    or the lookup join that finds no row). Everything runs inside one target
+    transaction that is rolled back; the source is read on a read-only session.
+    """
+    from cdc import preview as pv
+
+    cfg = _config(config_path)
+    try:
+        reports = pv.preview(cfg, list(tables) or None, list(rules) or None, where, limit)
+    except CdcError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(pv.jsonable(reports), ensure_ascii=False, default=str))
+    else:
+        click.echo(pv.as_text(reports))
+
+
+@cli.command()
+@config_option
 def run(config_path: str) -> None:
     """Stream changes, transform them by the rules and apply them (foreground).
 

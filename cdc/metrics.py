@@ -59,8 +59,20 @@ class Metrics:
                                   "Rules whose source table is paused by a schema change they "
                                   "cannot follow (its changes are parked in the target)",
                                   ["pipeline"], registry=r)
-        self.up_gauge = Gauge("cdc_up", "1 while streaming, 0 while failing", ["pipeline"],
-                              registry=r)
+        self.up_gauge = Gauge("cdc_up", "1 while streaming, 0 while starting or failing",
+                              ["pipeline"], registry=r)
+        # A hung loop keeps serving /metrics (another thread) with cdc_up 1: only
+        # a timestamp that stops moving shows it.  `time() - this` is its age.
+        self.heartbeat_ts = Gauge("cdc_heartbeat_timestamp_seconds",
+                                  "Unix time of the daemon's last heartbeat: the apply loop "
+                                  "rewrote its status row (every 5 s while streaming)",
+                                  ["pipeline"], registry=r)
+        # Series an alert reads exist from the start: increase() misses the
+        # first error of a counter that appears at 1, and "not streaming yet"
+        # is 0, not absent.
+        for kind in ("transient", "terminal"):
+            self.errors.labels(pipeline, kind)
+        self.up_gauge.labels(pipeline).set(0)
 
     def serve(self, address: str) -> Any:
         host, port = parse_address(address)
@@ -70,6 +82,9 @@ class Metrics:
 
     def up(self, value: bool) -> None:
         self.up_gauge.labels(self.pipeline).set(1 if value else 0)
+
+    def heartbeat(self) -> None:
+        self.heartbeat_ts.labels(self.pipeline).set_to_current_time()
 
     def batch(self, batch: Batch, seconds: float, staged: int) -> None:
         p = self.pipeline

@@ -139,6 +139,7 @@ class Service:
         self.watchdog()
         if self.metrics:
             self.metrics.up(True)
+            self.metrics.heartbeat()
 
     def status(self, text: str) -> None:
         notify(f"STATUS={text[:200]}", self.env)
@@ -166,6 +167,7 @@ class Service:
 
     def tick(self, facts: dict[str, Any]) -> None:
         if self.metrics:
+            self.metrics.heartbeat()  # right after the status row was rewritten
             if "dead_letters" in facts:
                 self.metrics.set_dead_letters(facts["dead_letters"])
             self.metrics.set_slot_retained(facts.get("slot_retained_wal_bytes"))

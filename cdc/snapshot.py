@@ -113,8 +113,11 @@ class ChunkReader:
 
     def __init__(self, config: Config, table: str, columns: list[str],
                  pk: list[str], where: str | None, chunk_rows: int,
-                 line_sql: str | None = None, costly_sql: str | None = None) -> None:
+                 line_sql: str | None = None, costly_sql: str | None = None,
+                 read_only: bool = False) -> None:
         self.config = config
+        # `cdc preview`: a --where that calls a writing function fails instead.
+        self.read_only = read_only
         self.kind = config.source.kind
         d = sqlglot_dialect(self.kind)
         cols = ", ".join(ident(c, d) for c in columns)
@@ -175,6 +178,8 @@ class ChunkReader:
                     # server still cuts at max_allowed_packet, which
                     # copytext.whole notices.
                     cur.execute("SET SESSION group_concat_max_len = 4294967295")
+                    if self.read_only:
+                        cur.execute("SET SESSION TRANSACTION READ ONLY")
             else:
                 import psycopg
 
@@ -187,6 +192,8 @@ class ChunkReader:
                 self._conn.execute("SET DateStyle = 'ISO, MDY'")
                 self._conn.execute("SET IntervalStyle = 'postgres'")
                 self._conn.execute("SET extra_float_digits = 1")
+                if self.read_only:
+                    self._conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         return self._conn
 
     def _fetch(self, query: str, params: list[Any] | None) -> list[tuple[Any, ...]]:

@@ -137,17 +137,78 @@ def stage_table(source: TableSchema, source_name: str, index: int, source_kind: 
     return StageTable(source, source_name, name, cols, types, create, truncate, d)
 
 
-def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: str) -> CompiledRule:
-    d = target_dialect(target_kind)
-    rule = bound.rule
-    alias = rule.source.alias
-    sel = rule.select.copy()
+def _staged_select(bound: BoundRule, stage: StageTable) -> exp.Select:
+    """The rule's SELECT reading the staging table, every name spelled as the
+    catalogs do."""
+    alias = bound.rule.source.alias
+    sel = bound.rule.select.copy()
     # Point FROM at the staging table, keeping the alias the rule's columns use.
     from_ = sel.args.get("from") or sel.args.get("from_")
     assert from_ is not None
     from_.set("this", exp.Table(this=exp.to_identifier(stage.name, quoted=True),
                                 alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))))
     _resolve_identifiers(sel, bound)
+    return sel
+
+
+def _drops_rows(join: exp.Join) -> bool:
+    """An inner join: a staged row without a partner leaves the result."""
+    return not join.side and (join.kind or "INNER").upper() in ("INNER", "")
+
+
+def filter_probes(bound: BoundRule, stage: StageTable, target_kind: str) -> list[tuple[str, str]]:
+    """Why a staged new image yields no row: (reason, SQL listing the
+    ``_cdc_seq`` of the new images still in the rule's result at that step).
+
+    The steps add the rule's inner joins one at a time, then its WHERE; a row
+    present at one step and missing at the next was dropped by that join or by
+    the WHERE (`cdc preview`).  Same staging, same rewrites as the rule itself.
+    """
+    d = target_dialect(target_kind)
+    rule = bound.rule
+    alias = rule.source.alias
+    base = _staged_select(bound, stage)
+    joins = list(base.args.get("joins") or [])
+    written = list(rule.select.args.get("joins") or [])
+    where = base.args.get("where")
+    kind_new = exp.EQ(this=exp.column(KIND, table=alias, quoted=True),
+                      expression=exp.Literal.string("N"))
+
+    def probe(upto: int, with_where: bool) -> str:
+        sel = base.copy()
+        sel.set("expressions", [exp.column(SEQ, table=alias, quoted=True).as_(SEQ)])
+        sel.set("distinct", exp.Distinct())
+        kept = [j.copy() for i, j in enumerate(joins) if i < upto or not _drops_rows(j)]
+        sel.set("joins", kept or None)
+        cond = exp.and_(kind_new.copy(), exp.paren(where.this.copy())) \
+            if with_where and where is not None else kind_new.copy()
+        sel.set("where", exp.Where(this=cond))
+        tree: exp.Expr = sel
+        for rw in rewrites_for(rule.dialect, d):
+            tree = rw(tree)
+        return tree.sql(dialect=d)
+
+    probes: list[tuple[str, str]] = []
+    for i, (j, as_written) in enumerate(zip(joins, written, strict=True)):
+        if not _drops_rows(j):
+            continue
+        on = as_written.args.get("on")
+        table = as_written.this.sql(dialect=rule.dialect)
+        probes.append((f"no row of lookup {table} matches the join"
+                       + (f" ON {on.sql(dialect=rule.dialect)}" if on is not None else ""),
+                       probe(i + 1, False)))
+    if where is not None:
+        written_where = rule.select.args["where"].this.sql(dialect=rule.dialect)
+        probes.append((f"the rule's WHERE is not true for it: {written_where}",
+                       probe(len(joins), True)))
+    return probes
+
+
+def compile_rule(bound: BoundRule, stage: StageTable, index: int, target_kind: str) -> CompiledRule:
+    d = target_dialect(target_kind)
+    rule = bound.rule
+    alias = rule.source.alias
+    sel = _staged_select(bound, stage)
 
     def staged(col: str) -> exp.Column:
         return exp.column(col, table=alias, quoted=True)

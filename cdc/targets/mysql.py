@@ -514,7 +514,8 @@ class MySQLTarget:
               convs: dict[str, list[Converter | None]],
               record: Callable[[Any], None] | None = None,
               existing: dict[int, int] | None = None,
-              park: Callable[[Any], None] | None = None) -> int:
+              park: Callable[[Any], None] | None = None,
+              write_dead_letters: bool = True) -> int:
         """See ``PostgresTarget.apply``: same contract."""
         tx = self.tx()
         staged = 0
@@ -531,7 +532,7 @@ class MySQLTarget:
                 text = batch.text_by_table()
                 staged = steps.apply_batch(self, tx, batch, stages, rules, convs, positions,
                                            existing or {}, text)
-                if self.dead_letters:
+                if self.dead_letters and write_dead_letters:
                     self._write_dead_letters(tx)
                 if park is not None:
                     park(tx)  # a paused table's changes (cdc.pause)

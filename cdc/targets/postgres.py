@@ -335,7 +335,8 @@ class PostgresTarget:
               convs: dict[str, list[Converter | None]],
               record: Callable[[Any], None] | None = None,
               existing: dict[int, int] | None = None,
-              park: Callable[[Any], None] | None = None) -> int:
+              park: Callable[[Any], None] | None = None,
+              write_dead_letters: bool = True) -> int:
         """Apply one batch and its offset in one transaction; returns staged rows.
 
         ``park``, when given, is called with the open connection before the
@@ -345,6 +346,8 @@ class PostgresTarget:
         transaction *instead of* writing the streaming offset: the snapshot and
         dead-letter retries use it to commit their own bookkeeping atomically.
         ``existing`` maps ``id(change)`` to a dead-letter id being retried.
+        ``write_dead_letters=False`` leaves the changes that failed in
+        ``self.dead_letters`` only (`cdc preview` shows them and rolls back).
 
         A change that fails for a data reason (constraint, range, validation)
         is isolated by bisection under savepoints and written to the
@@ -366,7 +369,7 @@ class PostgresTarget:
                 text = batch.text_by_table() if not convs else None
                 staged = steps.apply_batch(self, conn, batch, stages, rules, convs, positions,
                                            existing or {}, text)
-                if self.dead_letters:
+                if self.dead_letters and write_dead_letters:
                     self._write_dead_letters(conn)
                 if park is not None:
                     park(conn)  # a paused table's changes (cdc.pause)
