@@ -1,0 +1,335 @@
+"""The service install on Debian 12, replayed as docs/operations.md tells a DBA.
+
+`deploy/install-service.sh --root DIR` installs everything under a temporary
+root: a venv made from Debian's /usr/bin/python3, the `cdc-env` wrapper, the
+config directory and the unit, each naming the paths it was installed to, so
+the installed unit verifies and the installed cdc runs where it lies.  The
+service user is `nobody` (present on every Debian, unprivileged): commands go
+through `runuser` and the config's group permissions as they would for `cdc`,
+and no user is created.  PID 1 here is not systemd, so the unit is checked with
+`systemd-analyze verify` and the daemon is started the way its ExecStart says,
+through `cdc-env` (same binary, variables, user), not by systemctl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pipeline_helpers import REPO
+
+SERVICE_USER = "nobody"
+SERVICE_GROUP = "nogroup"
+DEB_PYTHON = "/usr/bin/python3"  # stock Debian 12's interpreter, executable by the service user
+# A root shell on stock Debian: no venv, no pyenv, no SHOP_URL: nothing leaks in from the test.
+BARE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8", "HOME": "/root"}
+# The real locations: an install under --root must not touch them.
+REAL_PATHS = ["/opt/cdc", "/etc/cdc", "/etc/systemd/system/cdc@.service",
+              "/usr/local/bin/cdc-env", "/usr/share/doc/cdc"]
+
+
+def docs() -> str:
+    return (REPO / "docs" / "operations.md").read_text()
+
+
+def machine_pip_env() -> dict[str, str]:
+    # Only the install step needs the package registry, set up the machine's way.
+    return {k: v for k, v in os.environ.items()
+            if k.startswith("PIP_") or k.upper() in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")}
+
+
+def install(root: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(BARE_ENV, CDC_USER=SERVICE_USER, PYTHON=DEB_PYTHON, **machine_pip_env())
+    return subprocess.run(["bash", str(REPO / "deploy" / "install-service.sh"), "--root",
+                           str(root)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def user_exists(name: str) -> bool:
+    return subprocess.run(["id", name], capture_output=True).returncode == 0
+
+
+class Installed:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.venv = root / "opt/cdc/venv"
+        self.confdir = root / "etc/cdc"
+        self.unit = root / "etc/systemd/system/cdc@.service"
+        self.cdc_env = root / "usr/local/bin/cdc-env"
+
+    def run(self, *args: str, as_user: str | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """`cdc-env ARGS` from a bare root shell, or as `as_user` (a monitoring agent)."""
+        cmd = [str(self.cdc_env), *args]
+        if as_user:
+            cmd = ["runuser", "-u", as_user, "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, env=BARE_ENV,
+                              timeout=timeout, cwd="/")
+
+
+@pytest.fixture(scope="module")
+def real_paths_before() -> dict[str, bool]:
+    return {p: os.path.lexists(p) for p in REAL_PATHS}
+
+
+@pytest.fixture(scope="module")
+def installed(real_paths_before: dict[str, bool]) -> Iterator[Installed]:
+    assert Path(DEB_PYTHON).exists(), "Debian's python3 is missing: bash scripts/setup.sh"
+    # Not tmp_path: its parents are 0700, and the service user must reach the root.
+    root = Path(tempfile.mkdtemp(prefix="cdc-install-"))
+    root.chmod(0o755)
+    try:
+        p = install(root)
+        assert p.returncode == 0, p.stdout + p.stderr
+        yield Installed(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_install_into_a_root_gives_a_unit_that_verifies(
+        installed: Installed, real_paths_before: dict[str, bool]) -> None:
+    unit = installed.unit.read_text()
+    cdc_bin = installed.venv / "bin" / "cdc"
+    assert f"ExecStart={cdc_bin} run -c {installed.confdir}/%i.yaml" in unit
+    assert f"EnvironmentFile=-{installed.confdir}/%i.env" in unit
+    assert f"User={SERVICE_USER}\n" in unit and f"Group={SERVICE_GROUP}\n" in unit
+    assert f"ReadOnlyPaths={installed.confdir}\n" in unit
+    # Nothing of the defaults is left pointing outside the root.
+    assert "/usr/local/bin/cdc" not in unit and "/opt/cdc/venv" not in unit.replace(
+        str(installed.venv), "")
+    # An instance, as systemd would load cdc@shop_to_crm.service from the template.
+    instance = installed.root / "cdc@shop_to_crm.service"
+    instance.write_text(unit)
+    p = subprocess.run(["systemd-analyze", "verify", str(instance)], capture_output=True,
+                       text=True, env=BARE_ENV)
+    # `nobody` draws systemd's one warning about it; a real install runs as user cdc.
+    complaints = [ln for ln in p.stderr.splitlines()
+                  if ln.strip() and "Special user nobody configured" not in ln]
+    assert p.returncode == 0 and not complaints, p.stderr
+    # The venv is the stock interpreter's, isolated from it, and carries the migrations.
+    cfg = (installed.venv / "pyvenv.cfg").read_text()
+    assert "include-system-site-packages = false" in cfg
+    probe = subprocess.run(
+        [str(installed.venv / "bin/python"), "-c",
+         "import cdc, cdc.bookkeeping as b; print(cdc.__file__); print(b.latest_version('mysql'),"
+         " b.latest_version('postgresql'))"],
+        capture_output=True, text=True, env=BARE_ENV, cwd="/", check=True)
+    where, versions = probe.stdout.splitlines()
+    assert where.startswith(str(installed.venv)), where  # not the clone's code
+    assert all(int(v) >= 1 for v in versions.split())
+    # The configuration directory: group-readable for the service user, no one else.
+    st = installed.confdir.stat()
+    assert oct(st.st_mode & 0o777) == "0o750" and st.st_uid == 0
+    assert installed.confdir.group() == SERVICE_GROUP
+    assert (installed.root / "usr/local/bin/cdc").resolve() == cdc_bin.resolve()
+    # Nothing was installed outside the root, and no user was created.
+    assert {p: os.path.lexists(p) for p in REAL_PATHS} == real_paths_before
+    assert not list((installed.root).glob("**/*.egg-info"))
+    assert not (REPO / "build").exists() or "build" in (REPO / ".gitignore").read_text()
+
+
+def test_reinstall_is_an_upgrade_in_place(installed: Installed) -> None:
+    before = {f: f.read_text() for f in (installed.unit, installed.root / "opt/cdc/bin/cdc-env")}
+    marker = installed.venv / "bin" / "left-alone"
+    marker.write_text("")
+    p = install(installed.root)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "creating the venv" not in p.stdout  # the same venv, upgraded
+    assert marker.exists()
+    assert {f: f.read_text() for f in before} == before
+    r = subprocess.run([str(installed.venv / "bin/cdc"), "--help"], capture_output=True,
+                       text=True, env=BARE_ENV, cwd="/")
+    assert r.returncode == 0 and "setup" in r.stdout
+
+
+def config_variables(path: Path) -> set[str]:
+    """The ${VAR}s a pipeline file's values use (comments aside)."""
+    from cdc.config import _VAR
+    code = "\n".join(ln.split("#", 1)[0] for ln in path.read_text().splitlines())
+    return {m.group(1) for m in _VAR.finditer(code)}
+
+
+def test_example_env_files_define_what_the_config_uses() -> None:
+    example = REPO / "deploy" / "example"
+    used = config_variables(example / "shop_to_crm.yaml")
+    assert used == {"SHOP_URL", "CRM_URL"}
+    assert used == config_variables(REPO / "examples/shop_to_crm.yaml")
+    for env_file in ("shop_to_crm.env", "shop_to_crm.monitor.env"):
+        lines = [ln for ln in (example / env_file).read_text().splitlines()
+                 if ln.strip() and not ln.startswith("#")]
+        assert {ln.split("=", 1)[0] for ln in lines} == used, env_file
+        # Single-quoted: systemd's EnvironmentFile= and the shell read the same value.
+        assert all(re.fullmatch(r"\w+='[^']*'", ln) for ln in lines), lines
+    # Each is installed where the docs say, by the commands the docs give.
+    ops = docs()
+    assert "install -m 0640 -o root -g cdc deploy/example/shop_to_crm.yaml /etc/cdc/" in ops
+    assert "install -m 0600 -o root -g root deploy/example/shop_to_crm.env /etc/cdc/" in ops
+    assert ("install -m 0640 -o root -g cdc deploy/example/shop_to_crm.monitor.env /etc/cdc/"
+            in ops)
+    assert "cp -r rules/shop_to_crm /etc/cdc/rules/" in ops
+
+
+def load_demo_schemas(mysql_db: Any, pg_db: Any) -> None:
+    for stmt in (REPO / "sql/demo/shop_mysql.sql").read_text().split(";\n"):
+        if any(ln.strip() and not ln.strip().startswith("--") for ln in stmt.splitlines()):
+            mysql_db.execute(stmt)
+    pg_db.execute((REPO / "sql/demo/crm_postgres.sql").read_text())
+
+
+def put_pipeline(installed: Installed, name: str, env: dict[str, str],
+                 monitor_env: dict[str, str]) -> None:
+    """The per-pipeline steps of docs/operations.md, under the test root."""
+    example = REPO / "deploy" / "example"
+    conf = installed.confdir
+    shutil.copy(example / "shop_to_crm.yaml", conf / f"{name}.yaml")
+    (conf / f"{name}.yaml").chmod(0o640)
+    shutil.chown(conf / f"{name}.yaml", "root", SERVICE_GROUP)
+    subprocess.run(["cp", "-r", str(REPO / "rules/shop_to_crm"), str(conf / "rules") + "/"],
+                   check=True)
+    for suffix, values, mode, group in (("env", env, 0o600, "root"),
+                                        ("monitor.env", monitor_env, 0o640, SERVICE_GROUP)):
+        # The example file with its placeholders replaced, as the DBA's editor would.
+        text = (example / f"shop_to_crm.{suffix}").read_text()
+        for var, value in values.items():
+            text, n = re.subn(rf"^{var}='[^']*'$", f"{var}='{value}'", text, flags=re.M)
+            assert n == 1
+        path = conf / f"{name}.{suffix}"
+        path.write_text(text)
+        path.chmod(mode)
+        shutil.chown(path, "root", group)
+
+
+def wait_for(what: str, probe: Any, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_documented_first_start_and_monitoring(installed: Installed, mysql_db: Any,
+                                               pg_db: Any, mariadb_server: Any,
+                                               pg_server: Any) -> None:
+    load_demo_schemas(mysql_db, pg_db)
+    suffix = mysql_db.name[-6:]
+    mon = f"mon_{suffix}"
+    # The read-only monitoring users, with exactly the GRANTs the docs give.
+    for host in ("%", "127.0.0.1"):
+        mariadb_server.execute(f"CREATE USER '{mon}'@'{host}' IDENTIFIED BY 'pw_mon'")
+        mariadb_server.execute(f"GRANT REPLICATION CLIENT ON *.* TO '{mon}'@'{host}'")
+    pg_server.execute(f"CREATE ROLE {mon} LOGIN PASSWORD 'pw_mon'")
+    assert "GRANT REPLICATION CLIENT ON *.* TO 'cdc_monitor'@'%';" in docs()
+    assert "GRANT USAGE ON SCHEMA cdc TO cdc_monitor;" in docs()
+    assert "GRANT SELECT ON ALL TABLES IN SCHEMA cdc TO cdc_monitor;" in docs()
+    name = "shop_to_crm"
+    put_pipeline(installed, name,
+                 env={"SHOP_URL": mysql_db.url, "CRM_URL": pg_db.url},
+                 monitor_env={"SHOP_URL": mariadb_server.url(mysql_db.name, user=mon,
+                                                             password="pw_mon"),
+                              "CRM_URL": pg_server.url(pg_db.name, user=mon,
+                                                       password="pw_mon")})
+    # The rules path of the installed config resolves to where the docs put the rules.
+    from cdc.config import load
+    cfg = load(installed.confdir / f"{name}.yaml", env={"SHOP_URL": mysql_db.url,
+                                                        "CRM_URL": pg_db.url})
+    assert cfg.rules_dir == installed.confdir / "rules" / "shop_to_crm"
+    assert sorted(p.name for p in cfg.rules_dir.glob("*.sql")) == ["customers.sql", "orders.sql"]
+
+    ops = docs()
+    try:
+        # First start, in the documented order, each as the service user with the env file.
+        # Before `setup`, doctor fails the bookkeeping check alone, as the docs say.
+        assert "cdc-env shop_to_crm doctor " in ops
+        p = installed.run(name, "doctor")
+        fails = [ln for ln in p.stdout.splitlines() if ln.startswith("FAIL")]
+        assert p.returncode == 1 and len(fails) == 1, p.stdout + p.stderr
+        assert fails[0].startswith("FAIL bookkeeping schema: version 0"), fails
+        for args in (["doctor", "--print-grants"], ["check", "--show-sql"], ["setup"],
+                     ["doctor"], ["snapshot"]):
+            assert f"cdc-env shop_to_crm {' '.join(args)} " in ops, args
+            p = installed.run(name, *args)
+            assert p.returncode == 0, f"cdc-env {name} {' '.join(args)}: {p.stdout}{p.stderr}"
+            if args == ["setup"]:
+                assert "bookkeeping schema at version" in p.stdout
+            if args == ["doctor"]:
+                assert "FAIL" not in p.stdout
+        assert pg_db.scalar("SELECT count(*) FROM crm_customer") > 0
+        # The service's user did the work: the bookkeeping is the target user's, the
+        # files cdc read are the service user's to read, and it could not read the secrets.
+        assert pg_db.scalar("SELECT count(*) FROM cdc.offsets WHERE pipeline = %s", (name,)) == 1
+        # The same command without the wrapper, as the docs spell it out.
+        manual = (f"set -a; . {installed.confdir}/{name}.env; set +a; runuser -u {SERVICE_USER}"
+                  f" -- {installed.venv}/bin/cdc check -c {installed.confdir}/{name}.yaml")
+        assert ("set -a; . /etc/cdc/shop_to_crm.env; set +a; runuser -u cdc -- "
+                "/opt/cdc/venv/bin/cdc check -c /etc/cdc/shop_to_crm.yaml") in ops
+        p = subprocess.run(["bash", "-c", manual], capture_output=True, text=True,
+                           env=BARE_ENV, cwd="/", timeout=180)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+        # Before the daemon runs, the monitoring check is red, and says why.
+        grant = (f"GRANT USAGE ON SCHEMA cdc TO {mon}; "
+                 f"GRANT SELECT ON ALL TABLES IN SCHEMA cdc TO {mon}; "
+                 f"ALTER DEFAULT PRIVILEGES FOR ROLE {pg_server.superuser} IN SCHEMA cdc "
+                 f"GRANT SELECT ON TABLES TO {mon};")
+        pg_db.execute(grant)
+        assert "cdc-env --monitor shop_to_crm lag --max-seconds 300" in ops
+        check = ("--monitor", name, "lag", "--max-seconds", "300")
+        p = installed.run(*check, as_user=SERVICE_USER)
+        assert p.returncode == 1 and "CRITICAL" in p.stderr, p.stdout + p.stderr
+        # The monitoring agent cannot use the write secrets.
+        p = installed.run(name, "lag", as_user=SERVICE_USER)
+        assert p.returncode == 2 and "cannot read" in p.stderr, p.stdout + p.stderr
+
+        # The daemon as ExecStart runs it (same binary, config, variables, user).
+        daemon = subprocess.Popen([str(installed.cdc_env), name, "run"], env=BARE_ENV, cwd="/",
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            def streaming() -> bool:
+                r = installed.run("--monitor", name, "lag", "--json", as_user=SERVICE_USER)
+                assert daemon.poll() is None, daemon.communicate()[0]
+                return r.returncode == 0 and json.loads(r.stdout)["state"] == "streaming"
+            wait_for("the daemon to stream", streaming)
+            mysql_db.execute("INSERT INTO customers (first_name, last_name, email, phone, "
+                             "industry) VALUES ('Ada', 'Install', 'ada@example.com', '1', 'IT')")
+            wait_for("the new customer in the CRM", lambda: pg_db.scalar(
+                "SELECT count(*) FROM crm_customer WHERE email = 'ada@example.com'") == 1)
+            p = installed.run(*check, as_user=SERVICE_USER)
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert p.stdout.startswith(f"{name}: streaming")
+            # The daemon runs as the service user, not as root.
+            pid = json.loads(installed.run("--monitor", name, "lag", "--json").stdout)["pid"]
+            assert Path(f"/proc/{pid}").stat().st_uid == int(
+                subprocess.run(["id", "-u", SERVICE_USER], capture_output=True, text=True,
+                               check=True).stdout)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            out = daemon.communicate(timeout=60)[0]
+        p = installed.run("--monitor", name, "status", as_user=SERVICE_USER)
+        assert p.returncode == 0 and "stopped" in p.stdout, p.stdout + p.stderr + out
+        # Read-only means read-only: the monitoring user can change nothing.
+        with psycopg.connect(pg_server.url(pg_db.name, user=mon, password="pw_mon"),
+                             autocommit=True) as conn, \
+                pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM cdc.offsets")
+        assert pg_db.scalar("SELECT count(*) FROM cdc.offsets WHERE pipeline = %s", (name,)) == 1
+        assert pg_db.scalar(
+            "SELECT count(*) FROM crm_customer WHERE email = 'ada@example.com'") == 1
+    finally:
+        for host in ("%", "127.0.0.1"):
+            mariadb_server.execute(f"DROP USER IF EXISTS '{mon}'@'{host}'")
+        pg_db.execute(f"DROP OWNED BY {mon}")
+        pg_server.execute(f"DROP ROLE IF EXISTS {mon}")
