@@ -78,9 +78,14 @@ class Installed:
                               timeout=timeout, cwd="/")
 
 
+def real_state() -> dict[str, bool]:
+    """Which of the real install's paths exist, and whether user `cdc` does."""
+    return {**{p: os.path.lexists(p) for p in REAL_PATHS}, "user cdc": user_exists("cdc")}
+
+
 @pytest.fixture(scope="module")
 def real_paths_before() -> dict[str, bool]:
-    return {p: os.path.lexists(p) for p in REAL_PATHS}
+    return real_state()
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +139,7 @@ def test_install_into_a_root_gives_a_unit_that_verifies(
     assert installed.confdir.group() == SERVICE_GROUP
     assert (installed.root / "usr/local/bin/cdc").resolve() == cdc_bin.resolve()
     # Nothing was installed outside the root, and no user was created.
-    assert {p: os.path.lexists(p) for p in REAL_PATHS} == real_paths_before
+    assert real_state() == real_paths_before
     assert not list((installed.root).glob("**/*.egg-info"))
     assert not (REPO / "build").exists() or "build" in (REPO / ".gitignore").read_text()
 
@@ -178,6 +183,40 @@ def test_example_env_files_define_what_the_config_uses() -> None:
     assert ("install -m 0640 -o root -g cdc deploy/example/shop_to_crm.monitor.env /etc/cdc/"
             in ops)
     assert "cp -r rules/shop_to_crm /etc/cdc/rules/" in ops
+
+
+ENV_GENERATOR = "/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator"
+
+
+def test_env_file_reads_alike_in_systemd_and_the_shell(tmp_path: Path) -> None:
+    """The example's NAME='value' lines mean the same to systemd and to cdc-env.
+
+    With no systemd as PID 1 here, systemd's own env-file parser (the one
+    EnvironmentFile= uses) is reached through the environment.d generator; it
+    also expands ${...}, which EnvironmentFile= does not, so no value has a `$`.
+    """
+    text = (REPO / "deploy/example/shop_to_crm.env").read_text()
+    tricky = {"SHOP_URL": "mysql://cdc_reader:p@ss:w/o#rd? x@10.0.0.5:3306/shop",
+              "CRM_URL": "postgresql://cdc_writer:a b=c;d\\e@10.0.0.9:5432/crm"}
+    for var, value in tricky.items():
+        text = re.sub(rf"^{var}='[^']*'$", lambda _m, v=var, x=value: f"{v}='{x}'", text,
+                      flags=re.M)
+    conf = tmp_path / "environment.d"
+    conf.mkdir()
+    (conf / "10-cdc.conf").write_text(text)
+    p = subprocess.run([ENV_GENERATOR], capture_output=True, text=True, check=True,
+                       env={"XDG_CONFIG_HOME": str(tmp_path), "HOME": "/nonexistent"})
+    by_systemd = {}
+    for ln in p.stdout.splitlines():
+        k, v = ln.split("=", 1)
+        if k in tricky:  # printed shell-quoted: "..." with \ \" \$ \` escapes
+            assert v.startswith('"') and v.endswith('"'), ln
+            by_systemd[k] = re.sub(r'\\(.)', r"\1", v[1:-1])
+    sh = subprocess.run(["sh", "-c", 'set -a; . "$1"; set +a; printf "%s\\n" "$SHOP_URL" '
+                         '"$CRM_URL"', "sh", str(conf / "10-cdc.conf")],
+                        capture_output=True, text=True, check=True, env=BARE_ENV)
+    by_shell = dict(zip(["SHOP_URL", "CRM_URL"], sh.stdout.splitlines(), strict=True))
+    assert by_systemd == by_shell == tricky
 
 
 def load_demo_schemas(mysql_db: Any, pg_db: Any) -> None:
@@ -310,6 +349,9 @@ def test_documented_first_start_and_monitoring(installed: Installed, mysql_db: A
             p = installed.run(*check, as_user=SERVICE_USER)
             assert p.returncode == 0, p.stdout + p.stderr
             assert p.stdout.startswith(f"{name}: streaming")
+            assert "cdc-env shop_to_crm lag " in ops
+            p = installed.run(name, "lag")  # root, as in "First start"
+            assert p.returncode == 0 and p.stdout.startswith(f"{name}: streaming"), p.stderr
             # The daemon runs as the service user, not as root.
             pid = json.loads(installed.run("--monitor", name, "lag", "--json").stdout)["pid"]
             assert Path(f"/proc/{pid}").stat().st_uid == int(
