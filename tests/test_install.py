@@ -325,6 +325,12 @@ def test_documented_first_start_and_monitoring(installed: Installed, mysql_db: A
                  f"ALTER DEFAULT PRIVILEGES FOR ROLE {pg_server.superuser} IN SCHEMA cdc "
                  f"GRANT SELECT ON TABLES TO {mon};")
         pg_db.execute(grant)
+        # A table a later migration adds is readable too (ALTER DEFAULT PRIVILEGES).
+        pg_db.execute("CREATE TABLE cdc.from_a_later_migration (x int)")
+        with psycopg.connect(pg_server.url(pg_db.name, user=mon, password="pw_mon")) as c:
+            assert c.execute("SELECT count(*) FROM cdc.from_a_later_migration").fetchone() \
+                == (0,)
+        pg_db.execute("DROP TABLE cdc.from_a_later_migration")
         assert "cdc-env --monitor shop_to_crm lag --max-seconds 300" in ops
         check = ("--monitor", name, "lag", "--max-seconds", "300")
         p = installed.run(*check, as_user=SERVICE_USER)
@@ -371,6 +377,77 @@ def test_documented_first_start_and_monitoring(installed: Installed, mysql_db: A
         assert pg_db.scalar(
             "SELECT count(*) FROM crm_customer WHERE email = 'ada@example.com'") == 1
     finally:
+        for host in ("%", "127.0.0.1"):
+            mariadb_server.execute(f"DROP USER IF EXISTS '{mon}'@'{host}'")
+        pg_db.execute(f"DROP OWNED BY {mon}")
+        pg_server.execute(f"DROP ROLE IF EXISTS {mon}")
+
+
+def test_monitoring_grants_for_a_postgresql_source_and_a_mysql_target(
+        tmp_path: Path, pg_db: Any, mysql_db: Any, pg_server: Any, mariadb_server: Any) -> None:
+    """The other half of the documented monitoring GRANTs, without the install."""
+    from pipeline_helpers import DaemonProcess, cdc, write_pipeline
+
+    pg_db.execute("CREATE TABLE items (id integer PRIMARY KEY, name text NOT NULL)")
+    mysql_db.execute("CREATE TABLE t_items (id int PRIMARY KEY, name varchar(50) NOT NULL)")
+    rule = {"items": "INSERT INTO t_items (id, name) SELECT i.id, i.name FROM items AS i"}
+    name = f"mon_{pg_db.name}"
+    (tmp_path / "writer").mkdir()
+    writer = write_pipeline(tmp_path / "writer", pg_db.url, mysql_db.url, rule, name=name)
+    mon = f"mon_{mysql_db.name[-6:]}"
+    ops = docs()
+    assert "-- source PostgreSQL: pg_current_wal_lsn() needs no privilege" in ops
+    assert "GRANT SELECT ON crm.* TO 'cdc_monitor'@'%';" in ops
+    pg_server.execute(f"CREATE ROLE {mon} LOGIN PASSWORD 'pw_mon'")
+    for host in ("%", "127.0.0.1"):
+        mariadb_server.execute(f"CREATE USER '{mon}'@'{host}' IDENTIFIED BY 'pw_mon'")
+        mariadb_server.execute(f"GRANT SELECT ON `{mysql_db.name}`.* TO '{mon}'@'{host}'")
+    (tmp_path / "monitor").mkdir()
+    monitor = write_pipeline(
+        tmp_path / "monitor", pg_server.url(pg_db.name, user=mon, password="pw_mon"),
+        mariadb_server.url(mysql_db.name, user=mon, password="pw_mon"), rule, name=name)
+    daemon = DaemonProcess(writer, tmp_path / "run.log")
+    try:
+        cdc("setup", "-c", str(writer))
+        p = cdc("lag", "-c", str(monitor), "--max-seconds", "300", check=False)
+        assert p.returncode == 1 and "CRITICAL" in p.stderr, p.stdout + p.stderr
+        daemon.start()
+        pg_db.execute("INSERT INTO items VALUES (1, 'one')")
+        wait_for("the row in the target", lambda: mysql_db.query("SELECT id, name FROM t_items")
+                 == [(1, "one")])
+
+        def green() -> bool:
+            assert daemon.proc is not None and daemon.proc.poll() is None, \
+                (tmp_path / "run.log").read_text()
+            r = cdc("lag", "-c", str(monitor), "--max-seconds", "300", check=False)
+            assert "source_error" not in r.stdout and "denied" not in r.stderr, r.stderr
+            return r.returncode == 0
+        wait_for("a green check with the read-only users", green)
+        r = cdc("lag", "-c", str(monitor), "--json")
+        assert json.loads(r.stdout)["source_position"] is not None
+        assert daemon.terminate() == 0
+        # Read only: the monitoring users can read neither the source's rows nor change
+        # the target's bookkeeping.
+        with psycopg.connect(pg_server.url(pg_db.name, user=mon, password="pw_mon"),
+                             autocommit=True) as conn, \
+                pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM items")
+        import pymysql
+        conn2 = pymysql.connect(host=mariadb_server.host, port=mariadb_server.port, user=mon,
+                                password="pw_mon", database=mysql_db.name, autocommit=True)
+        try:
+            with conn2.cursor() as cur, pytest.raises(pymysql.err.OperationalError,
+                                                      match="command denied"):
+                cur.execute("DELETE FROM cdc_offsets")
+        finally:
+            conn2.close()
+        assert mysql_db.scalar("SELECT count(*) FROM cdc_offsets WHERE pipeline = %s",
+                               (name,)) == 1
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(timeout=30)
+        cdc("teardown", "-c", str(writer), "--yes", check=False)
         for host in ("%", "127.0.0.1"):
             mariadb_server.execute(f"DROP USER IF EXISTS '{mon}'@'{host}'")
         pg_db.execute(f"DROP OWNED BY {mon}")
