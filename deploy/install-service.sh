@@ -14,18 +14,23 @@
 #   DOCDIR=/usr/share/doc/cdc
 #   BINDIR=/usr/local/bin      symlinks `cdc` and `cdc-env` for root's PATH
 #   CDC_USER=cdc               runs the service; created as a system user when missing
+#                              (with --root too: give an existing user to avoid that)
 #   PYTHON=python3             the interpreter the venv is made from (>= 3.11)
 # The unit and cdc-env are written with the paths above, so an install under
 # --root DIR is complete and usable where it lies (its unit verifies, its cdc runs).
 set -euo pipefail
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-service.sh: run as root (it chowns /etc/cdc to root:cdc and may add a user)" >&2
+    exit 2
+fi
 
 root=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --root) root="${2:?--root needs a directory}"; shift 2 ;;
         --root=*) root="${1#--root=}"; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "install-service.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -62,16 +67,27 @@ fi
 CDC_GROUP="$(id -gn "$CDC_USER")"
 
 # ---- the venv ----------------------------------------------------------------
+apt_install() {
+    log "installing $*"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+command -v "$PYTHON" >/dev/null 2>&1 || apt_install python3 python3-venv
 "$PYTHON" - <<'PY'
 import sys
 if sys.version_info < (3, 11):
     sys.exit(f"install-service.sh: need Python >= 3.11, {sys.executable} is {sys.version.split()[0]}")
 PY
-if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    # Debian ships venv's pip bootstrap separately.
-    log "installing python3-venv"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+# Debian ships venv's pip bootstrap separately.
+"$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_install python3-venv
+if [ -e "$VENV" ] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    # Half made (python3-venv was missing) or its interpreter is gone: start again.
+    if [ ! -f "$VENV/pyvenv.cfg" ]; then
+        echo "install-service.sh: $VENV exists and is not a venv; move it away" >&2
+        exit 2
+    fi
+    log "removing the broken venv $VENV"
+    rm -rf "$VENV"
 fi
 if [ ! -x "$VENV/bin/python" ]; then
     log "creating the venv $VENV"

@@ -39,7 +39,7 @@ have pgloader || missing+=(pgloader)
 have systemd-analyze || missing+=(systemd)
 [ -d /usr/share/zoneinfo ] || missing+=(tzdata)
 have useradd || missing+=(passwd)
-have "$PYTHON" || missing+=(python3)
+have "$PYTHON" || missing+=(python3 python3-venv)
 # venv's pip bootstrap is a separate Debian package, for the interpreter the venv
 # is made from and for Debian's own (deploy/install-service.sh, tests/test_install.py).
 if have "$PYTHON" && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv)
@@ -61,8 +61,12 @@ if sys.version_info < (3, 11):
 PY
 
 # ---- the venv, and the package in it with the dev extra --------------------------
-if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then
-    # Its interpreter is gone or too old (e.g. the base Python was removed): start again.
+if [ -e "$VENV" ] && ! "$VENV/bin/python" -c 'import sys; assert sys.version_info >= (3, 11); import pip' >/dev/null 2>&1; then
+    # Half made (python3-venv was missing), or its interpreter is gone or too old: start again.
+    if [ ! -f "$VENV/pyvenv.cfg" ]; then
+        log "error: $VENV exists and is not a venv; move it away or set CDC_VENV"
+        exit 1
+    fi
     log "recreating the broken venv $VENV"
     rm -rf "$VENV"
 fi
