@@ -117,7 +117,7 @@ cat >"$PREFIX/bin/cdc-env.new" <<EOF
 #!/bin/sh
 # cdc-env [--monitor] NAME COMMAND [ARGS...]: run \`cdc COMMAND ARGS\` for pipeline NAME
 # the way its service runs: config $CONFDIR/NAME.yaml (CDC_CONFIG), the variables of
-# $CONFDIR/NAME.env loaded, and as root dropped to user $CDC_USER (runuser, no sudo).
+# $CONFDIR/NAME.env loaded, and as root dropped to user $CDC_USER (setpriv; no sudo needed).
 # --monitor loads $CONFDIR/NAME.monitor.env instead (read-only database users, for
 # \`cdc lag\`/\`cdc status\` from a monitoring agent; it runs as whoever calls it).
 # Written by deploy/install-service.sh.
@@ -145,7 +145,14 @@ set +a
 CDC_CONFIG=\$config
 export CDC_CONFIG
 if [ "\$(id -u)" -eq 0 ] && [ "\$env_suffix" = env ] && [ "$CDC_USER" != root ]; then
-    exec runuser -u "$CDC_USER" -- "$VENV/bin/cdc" "\$@"
+    # runuser -u $CDC_USER would do, but stays behind as cdc's parent: setpriv (util-linux
+    # too) execs cdc in place, so signals reach cdc and its exit code is the command's,
+    # as under systemd (SIGTERM to \`cdc-env NAME run\` finishes the batch and exits 0).
+    HOME=\$(getent passwd "$CDC_USER" | cut -d: -f6)
+    USER=$CDC_USER
+    LOGNAME=$CDC_USER
+    export HOME USER LOGNAME
+    exec setpriv --reuid="$CDC_USER" --regid="$CDC_GROUP" --init-groups -- "$VENV/bin/cdc" "\$@"
 fi
 exec "$VENV/bin/cdc" "\$@"
 EOF

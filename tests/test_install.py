@@ -366,6 +366,8 @@ def test_documented_first_start_and_monitoring(installed: Installed, mysql_db: A
         finally:
             daemon.send_signal(signal.SIGTERM)
             out = daemon.communicate(timeout=60)[0]
+        # cdc-env execs cdc in place: SIGTERM reached it, and the exit code is its own.
+        assert daemon.returncode == 0, out
         p = installed.run("--monitor", name, "status", as_user=SERVICE_USER)
         assert p.returncode == 0 and "stopped" in p.stdout, p.stdout + p.stderr + out
         # Read-only means read-only: the monitoring user can change nothing.
@@ -451,4 +453,161 @@ def test_monitoring_grants_for_a_postgresql_source_and_a_mysql_target(
         for host in ("%", "127.0.0.1"):
             mariadb_server.execute(f"DROP USER IF EXISTS '{mon}'@'{host}'")
         pg_db.execute(f"DROP OWNED BY {mon}")
+        pg_server.execute(f"DROP ROLE IF EXISTS {mon}")
+
+
+def doc_blocks(lang: str) -> list[tuple[str, str]]:
+    """(heading, body) of each ```lang block of docs/operations.md, in order."""
+    out: list[tuple[str, str]] = []
+    heading, fence, body = "", None, []
+    for ln in docs().splitlines():
+        if fence is None and ln.startswith("#"):
+            heading = ln.lstrip("#").strip()
+        elif fence is None and ln.startswith("```"):
+            fence, body = ln[3:].strip(), []
+        elif fence is not None and ln.startswith("```"):
+            if fence == lang:
+                out.append((heading, "\n".join(body)))
+            fence = None
+        elif fence is not None:
+            body.append(ln)
+    return out
+
+
+def replay_line(line: str) -> str:
+    """A documented shell line as the replay runs it: what needs a person or
+    systemd is replaced by its effect; everything else runs as written."""
+    cmd = line.split("#", 1)[0].strip() if not line.startswith("(") else line
+    if m := re.fullmatch(r"editor (\S+)", cmd):
+        # The DBA's edit: the example with the test servers' URLs; cp keeps mode and owner.
+        return f'cp "$VALUES/$(basename {m.group(1)})" {m.group(1)}'
+    if m := re.fullmatch(r"systemctl enable --now cdc@(\w+)", cmd):
+        # What the unit's ExecStart does, through the same binary, config, variables, user.
+        return (f'cdc-env {m.group(1)} run >"$VALUES/run.log" 2>&1 & daemon=$!; '
+                f"wait_streaming {m.group(1)}")
+    if re.fullmatch(r"systemctl disable --now cdc@\w+", cmd):
+        return 'kill -TERM "$daemon"; wait "$daemon"'
+    if cmd == "usermod -aG cdc nagios":
+        return "usermod -aG cdc nobody  # the test's monitoring agent"
+    if cmd.startswith("cdc-env --monitor "):
+        # As the agent; a daemon just started reads "lag unknown" until its first
+        # heartbeat, so the check is repeated as an agent would.
+        return f"until_green runuser -u nobody -- {cmd}"
+    return line
+
+
+REPLAY_PRELUDE = r"""
+set -euo pipefail
+# Private overlays: every write below lands in $OVERLAY, never on this machine.
+for d in /etc /opt /usr/local /usr/share/doc /var/lib; do
+    mkdir -p "$OVERLAY$d/upper" "$OVERLAY$d/work"
+    mount -t overlay overlay -o "lowerdir=$d,upperdir=$OVERLAY$d/upper,workdir=$OVERLAY$d/work" "$d"
+done
+wait_streaming() {
+    for _ in $(seq 240); do
+        if cdc-env "$1" lag --json 2>/dev/null | grep -q '"state": "streaming"'; then return 0; fi
+        kill -0 "$daemon" || { cat "$VALUES/run.log"; return 1; }
+        sleep 0.5
+    done
+    cat "$VALUES/run.log"; return 1
+}
+until_green() {
+    for _ in $(seq 120); do
+        if "$@" 2>"$VALUES/check.err"; then return 0; fi
+        sleep 0.5
+    done
+    cat "$VALUES/check.err" >&2
+    runuser -u nobody -- cdc-env --monitor shop_to_crm lag --json >&2
+    return 1
+}
+cd "$REPO"
+"""
+
+
+def test_docs_replayed_at_the_default_paths(tmp_path: Path, mysql_db: Any, pg_db: Any,
+                                            mariadb_server: Any, pg_server: Any) -> None:
+    """docs/operations.md's own commands, at /opt/cdc, /etc/cdc and with a real user
+    `cdc`, in a private mount namespace whose /etc, /opt, /usr/local, /usr/share/doc
+    and /var/lib are overlays: the machine itself is left as it was."""
+    before = real_state()
+    load_demo_schemas(mysql_db, pg_db)
+    mon = f"mon_{mysql_db.name[-6:]}"
+    blocks = doc_blocks("sh")
+    wanted = ["Install as a service", "Commands by hand: `cdc-env`", "First start",
+              "A check without write secrets", "Remove a pipeline cleanly"]
+    script = [REPLAY_PRELUDE]
+    for heading, body in blocks:
+        if heading not in wanted or body.startswith("cdc-env shop_to_crm COMMAND"):
+            continue
+        if heading == "A check without write secrets":
+            # The documented GRANTs (the SQL block), for this test's servers and names.
+            script.append('mariadb --protocol=tcp -h "$MY_HOST" -P "$MY_PORT" -uroot '
+                          '-p"$MY_PW" < "$VALUES/monitor-mysql.sql"')
+            script.append('psql -q -v ON_ERROR_STOP=1 "$PG_ADMIN" -f "$VALUES/monitor-pg.sql"')
+        script.append(f"# ---- {heading}")
+        for ln in body.splitlines():
+            if ln.split("#")[0].strip() == "cdc-env shop_to_crm doctor" and not any(
+                    "doctor-before-setup" in s for s in script):
+                # Documented to fail before `setup`, on the bookkeeping check alone.
+                ln = ('{ cdc-env shop_to_crm doctor >"$VALUES/doctor-before-setup" '
+                      '|| test $? -eq 1; }')
+            script.append(replay_line(ln))
+    script.append("test ! -e /etc/cdc/shop_to_crm.yaml && test ! -e /etc/cdc/rules/shop_to_crm")
+    script.append('id cdc >"$VALUES/id-cdc"; id nobody >"$VALUES/id-nobody"')
+    assert [h for h in wanted if not any(h == b for b, _ in blocks)] == []
+
+    values = tmp_path / "values"
+    values.mkdir()
+    values.chmod(0o755)
+    for name, urls in (("shop_to_crm.env", (mysql_db.url, pg_db.url)),
+                       ("shop_to_crm.monitor.env",
+                        (mariadb_server.url(mysql_db.name, user=mon, password="pw_mon"),
+                         pg_server.url(pg_db.name, user=mon, password="pw_mon")))):
+        text = (REPO / "deploy/example" / name).read_text()
+        for var, url in zip(("SHOP_URL", "CRM_URL"), urls, strict=True):
+            text = re.sub(rf"^{var}='[^']*'$", lambda _m, v=var, u=url: f"{v}='{u}'", text,
+                          flags=re.M)
+        (values / name).write_text(text)
+    sql = [b for _, b in doc_blocks("sql") if "CREATE USER 'cdc_monitor'" in b][0]
+    parts = dict(re.findall(r"^-- (source MariaDB/MySQL|target PostgreSQL)[^\n]*\n"
+                            r"((?:(?!-- )[^\n]*\n?)*)", sql, flags=re.M))
+
+    def named(text: str) -> str:
+        return text.replace("cdc_monitor", mon).replace("'…'", "'pw_mon'").replace(
+            "cdc_writer", pg_server.superuser)
+    (values / "monitor-mysql.sql").write_text(named(parts["source MariaDB/MySQL"]))
+    (values / "monitor-pg.sql").write_text(named(parts["target PostgreSQL"]))
+    assert "GRANT REPLICATION CLIENT" in (values / "monitor-mysql.sql").read_text()
+    assert "ALTER DEFAULT PRIVILEGES" in (values / "monitor-pg.sql").read_text()
+    (tmp_path / "replay.sh").write_text("\n".join(script) + "\n")
+
+    env = dict(BARE_ENV, OVERLAY=str(tmp_path / "overlay"), VALUES=str(values), REPO=str(REPO),
+               MY_HOST=mariadb_server.host, MY_PORT=str(mariadb_server.port),
+               MY_PW=mariadb_server.password, PG_ADMIN=pg_db.url, **machine_pip_env())
+    try:
+        p = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-x",
+                            str(tmp_path / "replay.sh")], capture_output=True, text=True,
+                           env=env, timeout=900)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
+        out = p.stdout
+        fails = [ln for ln in (values / "doctor-before-setup").read_text().splitlines()
+                 if ln.startswith("FAIL")]
+        assert len(fails) == 1 and fails[0].startswith("FAIL bookkeeping schema"), fails
+        assert "bookkeeping schema at version" in out
+        assert re.search(r"^shop_to_crm: streaming, 0\.0s behind", out, flags=re.M), out
+        assert "CRITICAL" not in p.stderr
+        # The service user existed inside only; the agent was in its group.
+        assert "(cdc)" in (values / "id-cdc").read_text()
+        assert "(cdc)" in (values / "id-nobody").read_text()
+        assert pg_db.scalar("SELECT count(*) FROM crm_customer") > 0
+        # The documented removal forgot the pipeline's bookkeeping.
+        assert pg_db.scalar("SELECT count(*) FROM cdc.offsets") == 0
+        assert real_state() == before
+        assert "(cdc)" not in subprocess.run(["id", "nobody"], capture_output=True,
+                                             text=True).stdout
+    finally:
+        for host in ("%",):
+            mariadb_server.execute(f"DROP USER IF EXISTS '{mon}'@'{host}'")
+        pg_db.execute(f"DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{mon}')"
+                      f" THEN EXECUTE 'DROP OWNED BY {mon}'; END IF; END $$")
         pg_server.execute(f"DROP ROLE IF EXISTS {mon}")
