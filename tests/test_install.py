@@ -1,14 +1,22 @@
 """The service install on Debian 12, replayed as docs/operations.md tells a DBA.
 
-`deploy/install-service.sh --root DIR` installs everything under a temporary
-root: a venv made from Debian's /usr/bin/python3, the `cdc-env` wrapper, the
-config directory and the unit, each naming the paths it was installed to, so
-the installed unit verifies and the installed cdc runs where it lies.  The
-service user is `nobody` (present on every Debian, unprivileged): commands go
-through `runuser` and the config's group permissions as they would for `cdc`,
-and no user is created.  PID 1 here is not systemd, so the unit is checked with
-`systemd-analyze verify` and the daemon is started the way its ExecStart says,
-through `cdc-env` (same binary, variables, user), not by systemctl.
+Two ways, both against the session's throwaway MariaDB and PostgreSQL:
+
+- `deploy/install-service.sh --root DIR` installs everything under a temporary
+  root (a venv made from Debian's /usr/bin/python3, `cdc-env`, the config
+  directory, the unit), each naming the paths it was installed to, so the
+  installed unit verifies and the installed cdc runs where it lies.  The
+  service user is `nobody` (on every Debian, unprivileged): commands change
+  user and go through the config's group permissions as they would for `cdc`,
+  and no user is created.
+- `test_docs_replayed_at_the_default_paths` runs the docs' own shell blocks at
+  /opt/cdc and /etc/cdc with a real user `cdc`, inside a private mount
+  namespace whose /etc, /opt, /usr/local, /usr/share/doc and /var/lib are
+  overlays, so nothing reaches the machine.
+
+PID 1 here is not systemd: the unit is checked with `systemd-analyze verify`,
+and the daemon is started the way its ExecStart says, through `cdc-env` (same
+binary, config, variables, user), not by systemctl.
 """
 
 from __future__ import annotations
