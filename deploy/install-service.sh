@@ -59,6 +59,10 @@ for p in "$PREFIX" "$CONFDIR" "$UNITDIR" "$DOCDIR" "$BINDIR"; do
     esac
 done
 
+case "$CDC_USER" in
+    ""|[!a-z_]*|*[!a-z0-9_-]*) echo "install-service.sh: CDC_USER=$CDC_USER: not a plain user name" >&2; exit 2 ;;
+esac
+
 # ---- the service user --------------------------------------------------------
 if ! id "$CDC_USER" >/dev/null 2>&1; then
     log "adding system user $CDC_USER"

@@ -39,7 +39,8 @@ have pgloader || missing+=(pgloader)
 have systemd-analyze || missing+=(systemd)
 [ -d /usr/share/zoneinfo ] || missing+=(tzdata)
 have useradd || missing+=(passwd)
-have "$PYTHON" || missing+=(python3 python3-venv)
+# Debian's own python3 too: tests/test_install.py makes the service venv from it.
+{ have "$PYTHON" && [ -x /usr/bin/python3 ]; } || missing+=(python3 python3-venv)
 # venv's pip bootstrap is a separate Debian package, for the interpreter the venv
 # is made from and for Debian's own (deploy/install-service.sh, tests/test_install.py).
 if have "$PYTHON" && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv)
