@@ -68,9 +68,16 @@ def user_exists(name: str) -> bool:
     return subprocess.run(["id", name], capture_output=True).returncode == 0
 
 
+def clone_build_state() -> dict[str, float]:
+    """What a build in the clone would leave: build/ and *.egg-info, with mtimes."""
+    paths = [REPO / "build", *REPO.glob("*.egg-info")]
+    return {p.name: p.stat().st_mtime for p in paths if p.exists()}
+
+
 class Installed:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, clone_before: dict[str, float]) -> None:
         self.root = root
+        self.clone_before = clone_before
         self.venv = root / "opt/cdc/venv"
         self.confdir = root / "etc/cdc"
         self.unit = root / "etc/systemd/system/cdc@.service"
@@ -103,9 +110,10 @@ def installed(real_paths_before: dict[str, bool]) -> Iterator[Installed]:
     root = Path(tempfile.mkdtemp(prefix="cdc-install-"))
     root.chmod(0o755)
     try:
+        clone_before = clone_build_state()
         p = install(root)
         assert p.returncode == 0, p.stdout + p.stderr
-        yield Installed(root)
+        yield Installed(root, clone_before)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -148,8 +156,8 @@ def test_install_into_a_root_gives_a_unit_that_verifies(
     assert (installed.root / "usr/local/bin/cdc").resolve() == cdc_bin.resolve()
     # Nothing was installed outside the root, and no user was created.
     assert real_state() == real_paths_before
-    assert not list((installed.root).glob("**/*.egg-info"))
-    assert not (REPO / "build").exists() or "build" in (REPO / ".gitignore").read_text()
+    # The build ran on a copy: the clone got no build/ or *.egg-info from it.
+    assert clone_build_state() == installed.clone_before
 
 
 def test_reinstall_is_an_upgrade_in_place(installed: Installed) -> None:
@@ -506,7 +514,10 @@ def replay_line(line: str) -> str:
 
 REPLAY_PRELUDE = r"""
 set -euo pipefail
-# Private overlays: every write below lands in $OVERLAY, never on this machine.
+# Private overlays: every write below lands in a tmpfs, never on this machine
+# (tmpfs: an overlay's upper layer cannot be on overlayfs, as /tmp may be).
+mkdir -p "$OVERLAY"
+mount -t tmpfs -o mode=0755 tmpfs "$OVERLAY"
 for d in /etc /opt /usr/local /usr/share/doc /var/lib; do
     mkdir -p "$OVERLAY$d/upper" "$OVERLAY$d/work"
     mount -t overlay overlay -o "lowerdir=$d,upperdir=$OVERLAY$d/upper,workdir=$OVERLAY$d/work" "$d"
