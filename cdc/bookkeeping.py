@@ -13,7 +13,9 @@ from typing import Any
 
 from cdc.errors import TerminalError
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql" / "bookkeeping"
+# cdc/sql is a symlink to the checkout's sql/ that a wheel build follows, so an
+# installed cdc (a venv under /opt/cdc) carries its migrations inside the package.
+SQL_DIR = Path(__file__).resolve().parent / "sql" / "bookkeeping"
 
 
 def migrations(kind: str) -> list[tuple[int, Path]]:

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Install what the test suite, benchmarks and demo need on Debian 12 (run as root).
+# Install what the test suite, benchmarks and demo need on Debian 12 (run as root):
+# the Debian packages, then a project-local venv (.venv) holding `pip install -e '.[dev]'`.
 # Idempotent: installs only what is missing. The database servers are NOT used as
-# system services; tests start throwaway ones (cdc/devservers.py).
+# system services; tests start throwaway ones (cdc/devservers.py). Nothing goes
+# into the machine's Python (Debian's is "externally managed", PEP 668).
+#   PYTHON=python3      the interpreter the venv is made from (>= 3.11)
+#   CDC_VENV=.venv      where the venv goes; scripts/test.sh and demo.sh use the same
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
+VENV="${CDC_VENV:-$ROOT/.venv}"
 
 log() { printf '[setup] %s\n' "$*"; }
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -34,8 +39,12 @@ have pgloader || missing+=(pgloader)
 have systemd-analyze || missing+=(systemd)
 [ -d /usr/share/zoneinfo ] || missing+=(tzdata)
 have useradd || missing+=(passwd)
-have "$PYTHON" || missing+=(python3)
-if have "$PYTHON" && ! "$PYTHON" -m pip --version >/dev/null 2>&1; then missing+=(python3-pip); fi
+# Debian's own python3 too: tests/test_install.py makes the service venv from it.
+{ have "$PYTHON" && [ -x /usr/bin/python3 ]; } || missing+=(python3 python3-venv)
+# venv's pip bootstrap is a separate Debian package, for the interpreter the venv
+# is made from and for Debian's own (deploy/install-service.sh, tests/test_install.py).
+if have "$PYTHON" && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv)
+elif [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv); fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing OS packages: ${missing[*]}"
@@ -52,16 +61,28 @@ if sys.version_info < (3, 11):
     sys.exit(f"[setup] need Python >= 3.11, {sys.executable} is {sys.version.split()[0]}")
 PY
 
-# ---- the package itself, with the dev extra --------------------------------------
-stamp_dir="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/cdc-setup"
-pyexe="$("$PYTHON" -c 'import sys; print(sys.executable)')"
-stamp="$stamp_dir/$(printf '%s|%s' "$ROOT" "$pyexe" | sha1sum | cut -c1-16)"
-want="$(sha1sum pyproject.toml | cut -c1-40)"
+# ---- the venv, and the package in it with the dev extra --------------------------
+if [ -e "$VENV" ] && ! "$VENV/bin/python" -c 'import sys; assert sys.version_info >= (3, 11); import pip' >/dev/null 2>&1; then
+    # Half made (python3-venv was missing), or its interpreter is gone or too old: start again.
+    if [ ! -f "$VENV/pyvenv.cfg" ]; then
+        log "error: $VENV exists and is not a venv; move it away or set CDC_VENV"
+        exit 1
+    fi
+    log "recreating the broken venv $VENV"
+    rm -rf "$VENV"
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating the venv $VENV ($("$PYTHON" -c 'import sys; print(sys.executable)'))"
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+stamp="$VENV/.cdc-setup-stamp"
+want="$(printf '%s|%s' "$ROOT" "$(sha1sum pyproject.toml | cut -c1-40)")"
 installed_here() {
     # cdc importable from this checkout, and the dev tools present.  Run from /:
     # here the checkout itself is on sys.path and would hide an install that
-    # points at another clone (the `cdc` command would then fail elsewhere).
-    (cd / && "$PYTHON" - "$ROOT") <<'PY' >/dev/null 2>&1
+    # points at another clone.
+    (cd / && "$PY" - "$ROOT") <<'PY' >/dev/null 2>&1
 import importlib.util, os, sys
 spec = importlib.util.find_spec("cdc")
 assert spec and spec.origin and os.path.realpath(spec.origin).startswith(os.path.realpath(sys.argv[1]) + os.sep)
@@ -72,17 +93,10 @@ version("cdc")
 PY
 }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && installed_here; then
-    log "python package: cdc[dev] already installed (editable)"
+    log "python package: cdc[dev] already installed (editable) in $VENV"
 else
-    log "pip install -e '.[dev]'"
-    pip_args=(install --quiet --disable-pip-version-check --root-user-action=ignore -e "$ROOT[dev]")
-    # Debian's own python3 is "externally managed" (PEP 668); this is a throwaway
-    # test machine, so install into it anyway (as root: /usr/local/lib/python3.11).
-    if "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))' \
-        && [ -z "${VIRTUAL_ENV:-}" ]; then
-        pip_args+=(--break-system-packages)
-    fi
-    "$PYTHON" -m pip "${pip_args[@]}"
-    mkdir -p "$stamp_dir" && printf '%s\n' "$want" >"$stamp"
+    log "pip install -e '.[dev]' into $VENV"
+    "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+    printf '%s\n' "$want" >"$stamp"
 fi
-log "done"
+log "done: $PY (cdc: $VENV/bin/cdc)"

@@ -110,7 +110,7 @@ def test_metrics_endpoint(tmp_path: Path, mysql_db: Any, pg_db: Any) -> None:
 def test_unit_file_verifies(tmp_path: Path) -> None:
     unit = (REPO / "deploy" / "systemd" / "cdc@.service").read_text()
     exe = shutil.which("cdc") or sys.executable
-    unit = unit.replace("/usr/local/bin/cdc", exe)
+    unit = unit.replace("/opt/cdc/venv/bin/cdc", exe)
     path = tmp_path / "cdc@demo.service"
     path.write_text(unit)
     p = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
