@@ -14,6 +14,7 @@ from cdc.batch import Converter
 from cdc.catalog import TableSchema
 from cdc.config import Config
 from cdc.errors import ConfigError, RuleError, TerminalError
+from cdc.names import resolve as resolve_name
 from cdc.rules.bind import BoundRule, bind
 from cdc.rules.compile import CompiledRule, StageTable, compile_rule, stage_table, table_sql
 from cdc.rules.parse import Rule, load_rules
@@ -71,6 +72,21 @@ def check_truncate_choice(config: Config, rules: list[Rule]) -> None:
                 f"a source TRUNCATE would empty it for all of them",
                 fix=f"set rule_options.<rule>.on_truncate: truncate or ignore for "
                     f"{', '.join(unset)}")
+
+
+def chosen_tables(plan: Plan, tables: Collection[str] | None) -> list[str]:
+    """The source tables a ``--table`` option names (as a DBA may spell them),
+    each once; every table the plan reads when none is given."""
+    if not tables:
+        return list(plan.stages)
+    chosen = []
+    for given in tables:
+        t = resolve_name(given, list(plan.stages))
+        if t is None:
+            raise ConfigError(f"--table {given!r}: no rule reads it (rules read: "
+                              f"{', '.join(plan.stages)})")
+        chosen.append(t)
+    return list(dict.fromkeys(chosen))
 
 
 def build_plan(config: Config, source: Catalog, target: Any,

@@ -31,12 +31,11 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from cdc import names
 from cdc.batch import Batch
 from cdc.config import Config
 from cdc.errors import CdcError, ConfigError, TerminalError
 from cdc.events import RowChange, Transaction
-from cdc.plan import Plan, attach_converters, build_plan, parse_rules
+from cdc.plan import Plan, attach_converters, build_plan, chosen_tables, parse_rules
 from cdc.positions import BinlogPosition
 from cdc.rules.compile import SEQ, CompiledRule, filter_probes, ident, table_sql, target_dialect
 from cdc.rules.parse import sqlglot_dialect
@@ -129,17 +128,9 @@ def preview(config: Config, tables: list[str] | None = None, rules: list[str] | 
     finally:
         source.close()
         target.close()
-    chosen = list(plan.stages)
-    if tables:
-        chosen = []
-        for given in tables:
-            t = names.resolve(given, list(plan.stages))
-            if t is None:
-                raise ConfigError(f"--table {given!r}: no rule reads it (rules read: "
-                                  f"{', '.join(plan.stages)})")
-            chosen.append(t)
+    chosen = chosen_tables(plan, tables)
     out: list[RulePreview] = []
-    for t in dict.fromkeys(chosen):
+    for t in chosen:
         out.extend(_preview_table(config, plan, t, cond, limit))
     return out
 

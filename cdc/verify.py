@@ -22,11 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdc import names
 from cdc.config import Config
-from cdc.errors import ConfigError
 from cdc.events import RowChange
-from cdc.plan import attach_converters, build_plan, parse_rules
+from cdc.plan import attach_converters, build_plan, chosen_tables, parse_rules
 from cdc.rules.compile import CompiledRule, ident, table_sql, target_dialect
 from cdc.snapshot import ChunkReader, ProgressCallback, TableProgress, estimate_rows
 from cdc.sources import open_source
@@ -65,15 +63,7 @@ def verify(config: Config, tables: list[str] | None = None, repair: bool = False
         target.require_schema()
         plan = build_plan(config, source, target, rules)
         attach_converters(plan, config)
-        chosen = list(plan.stages)
-        if tables:
-            chosen = []
-            for given in tables:
-                t = names.resolve(given, list(plan.stages))
-                if t is None:
-                    raise ConfigError(f"--table {given!r}: no rule reads it (rules read: "
-                                      f"{', '.join(plan.stages)})")
-                chosen.append(t)
+        chosen = chosen_tables(plan, tables)
         writers: dict[str, int] = {}
         for c in plan.rules:
             writers[c.bound.rule.target.name] = writers.get(c.bound.rule.target.name, 0) + 1
